@@ -1,0 +1,1 @@
+"""The PyTorch half: Electric model, noise models, NCE training, import and ONNX export."""

@@ -1,0 +1,1 @@
+"""The serving half: loads an artifact, batches requests, runs ONNX Runtime. Never imports torch."""
