@@ -221,7 +221,8 @@ class ClozeNoiseModel(nn.Module):
     def logits(self, context: torch.Tensor, word_embeddings: nn.Embedding) -> torch.Tensor:
         """(..., 2Cn) gathered context rows -> (..., V) unnormalised log q."""
         h = self.output_LayerNorm(F.gelu(self.output_project(context)))  # (..., E)
-        return h @ word_embeddings.weight.T + self.output_bias
+        # Tied output embeddings; F.linear folds the bias add into the matmul over V.
+        return F.linear(h, word_embeddings.weight, self.output_bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 word_embeddings: nn.Embedding) -> torch.Tensor:

@@ -51,3 +51,40 @@ def tiny_tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sentences() -> list[str]:
     return list(SENTENCES)
+
+
+def build_tiny_electric(vocab_size: int = 214, seed: int = 0):
+    """A seeded random tiny Electric whose energies and attention are far from flat.
+
+    BERT's N(0, 0.02) initialisation gives near-uniform attention and energies around 1e-3,
+    which would let a parity or padding test pass by accident; wider weights make both matter.
+    torch is imported here, not at module level, so service tests run without it.
+    """
+    import dataclasses
+
+    import torch
+
+    from model_export.config import MODEL_PRESETS
+    from model_export.model import Electric
+
+    cfg = dataclasses.replace(MODEL_PRESETS["tiny"], vocab_size=vocab_size, max_positions=64)
+    torch.manual_seed(seed)
+    model = Electric(cfg).eval()
+    with torch.no_grad():
+        for module in model.energy.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(std=0.2)
+                module.bias.normal_(std=0.1)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An artifact folder (fp32 + int8) exported from :func:`build_tiny_electric`, name "tiny-test"."""
+    from model_export.export import export_artifact
+
+    model = build_tiny_electric()
+    folder = tmp_path_factory.mktemp("artifact") / "tiny-test"
+    export_artifact(model, model.cfg, tiny_tokenizer_path, folder, name="tiny-test",
+                    variants=("fp32", "int8"))
+    return folder
