@@ -1,0 +1,110 @@
+"""The batching policy: which queued sequences run together. Pure functions, no I/O, no clock.
+
+A transformer batch costs about ``n_seqs × max_len`` (every row is padded to the longest), so
+the budget is on that padded cost, not on the real token count. Within a bounded window of the
+oldest sequences, length order cuts padding; anchoring every batch on the oldest sequence keeps
+the queue fair (no sequence waits behind more than the batches that hold the ones before it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_tokens: int
+    """Budget on the padded cost n_seqs × max_len."""
+    max_batch_size: int
+    """Most sequences in a batch."""
+    sort_window: int
+    """How many of the oldest sequences may be reordered."""
+    max_padding: float = 1.0
+    """Largest share of a batch's padded cost that may be padding; 1 means no limit."""
+
+    def __post_init__(self) -> None:
+        if min(self.max_batch_tokens, self.max_batch_size, self.sort_window) < 1:
+            raise ValueError(f"batch limits must be positive: {self}")
+        if not 0.0 <= self.max_padding <= 1.0:
+            raise ValueError(f"max_padding {self.max_padding} is not a fraction")
+
+
+# Defaults by device for what the settings leave unset. On a CPU a padded position costs as much
+# as a real one and tokens/s is flat past about four rows (MiniLM int8, 1 thread: 9.3k tokens/s
+# at 4 x 24, 9.4k at 64 x 24), so small batches with little padding cost nothing and keep
+# latency down. On a GPU wide batches are what pays, and padding is cheaper than a narrow batch.
+AUTO_BATCH_TOKENS = {False: 1024, True: 16384}
+AUTO_MAX_PADDING = {False: 0.15, True: 0.5}
+
+
+def resolve_limits(on_gpu: bool, max_batch_tokens: int | None, max_batch_size: int,
+                   sort_window: int, max_padding: float | None) -> BatchLimits:
+    """The limits to batch with: the settings, with device defaults where they are unset."""
+    return BatchLimits(
+        max_batch_tokens=AUTO_BATCH_TOKENS[on_gpu] if max_batch_tokens is None
+        else max_batch_tokens,
+        max_batch_size=max_batch_size, sort_window=sort_window,
+        max_padding=AUTO_MAX_PADDING[on_gpu] if max_padding is None else max_padding)
+
+
+def padded_cost(lengths: Sequence[int]) -> int:
+    return len(lengths) * max(lengths, default=0)
+
+
+def next_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
+    """Queue indices (ascending) of the sequences to run next; ``lengths`` is oldest first.
+
+    The oldest sequence is always taken, even alone over the budget, so nothing is stuck. The
+    batch then grows outwards from it through the window sorted by length, each step taking the
+    neighbour that adds the least padding: a shorter one adds ``max_len - its length`` to its own
+    row, a longer one adds ``n × (its length - max_len)`` to the rows already in. It stops when
+    the batch is full or the better neighbour would break the token budget or the padding cap;
+    what is left waits for a batch of its own length, usually the next one.
+    """
+    if not lengths:
+        return []
+    window = min(len(lengths), limits.sort_window)
+    order = sorted(range(window), key=lambda i: (lengths[i], i))  # stable: older first on ties
+    lo = hi = order.index(0)
+    top, n, real = lengths[0], 1, lengths[0]
+
+    def fits(rows: int, width: int, tokens: int) -> bool:
+        cost = rows * width
+        return cost <= limits.max_batch_tokens and cost - tokens <= limits.max_padding * cost
+
+    while n < limits.max_batch_size:
+        best: tuple[int, int, str] | None = None  # (added padding, queue index, side)
+        if lo > 0 and fits(n + 1, top, real + lengths[order[lo - 1]]):
+            cand = order[lo - 1]
+            best = (top - lengths[cand], cand, "left")
+        if hi + 1 < window:
+            cand = order[hi + 1]
+            if fits(n + 1, lengths[cand], real + lengths[cand]):
+                right = (n * (lengths[cand] - top), cand, "right")
+                best = right if best is None or right[:2] < best[:2] else best
+        if best is None:
+            break
+        if best[2] == "left":
+            lo -= 1
+        else:
+            hi += 1
+            top = lengths[order[hi]]
+        real += lengths[best[1]]
+        n += 1
+    return sorted(order[lo:hi + 1])
+
+
+def pad(seqs: Sequence[NDArray[np.int64]],
+        pad_id: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Right-pad 1-D id arrays into ``(ids, mask)``, both (B, T) int64 as the artifact expects."""
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)  # (B, T)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)  # (B, T)
+    for row, seq in enumerate(seqs):
+        ids[row, :len(seq)] = seq
+        mask[row, :len(seq)] = 1
+    return ids, mask

@@ -1,0 +1,156 @@
+"""ONNX Runtime session that turns padded token ids into per-position energies.
+
+CUDA execution provider with IO binding where onnxruntime-gpu and a GPU are present, the CPU
+provider otherwise. ``run`` blocks and releases the GIL inside ORT; the batcher calls it from
+one worker thread, so a session never sees two batches at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from service.artifact import (
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    ArtifactError,
+    Manifest,
+    VariantName,
+    verified_variant_path,
+)
+from service.settings import VariantChoice
+
+logger = logging.getLogger("electric.service")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+# What a session that cannot start on CUDA raises (missing libraries, no device, no memory).
+_ORT_ERRORS = (ort_state.Fail, ort_state.EPFail, ort_state.RuntimeException, RuntimeError)
+
+# fp16 needs tensor cores to pay off and int8 (dynamic quantisation: MatMulInteger) has no
+# fast CUDA kernels, so the preference order depends on where the model runs.
+_AUTO_ORDER: dict[bool, tuple[VariantName, ...]] = {
+    True: ("fp16", "fp32", "int8"),
+    False: ("int8", "fp32", "fp16"),
+}
+
+
+class EnergyEngine(Protocol):
+    """What the batcher needs from a model: the service runs ORT, tests run fakes."""
+
+    @property
+    def variant(self) -> str: ...
+
+    @property
+    def providers(self) -> list[str]: ...
+
+    def run(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> NDArray[np.float32]:
+        """(B, T) right-padded ids and 1/0 mask -> (B, T) energies; padding rows are garbage."""
+        ...
+
+
+def choose_variant(requested: VariantChoice, available: Collection[str],
+                   on_gpu: bool) -> VariantName:
+    """The variant to load: the one asked for, or for ``auto`` the best this device runs."""
+    if requested != "auto":
+        if requested not in available:
+            raise ArtifactError(
+                f"variant {requested!r} is not in the artifact; it has {sorted(available)}")
+        return requested
+    for name in _AUTO_ORDER[on_gpu]:
+        if name in available:
+            return name
+    raise ArtifactError("the artifact lists no variants")
+
+
+def _session_options(intra_op_threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = intra_op_threads
+    # One batch at a time: parallelism lives inside operators, not between them.
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # ORT's pool threads spin after each run waiting for the next; in a service that burns
+    # the cores the event loop, the tokenizer and the clients need between batches.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+class OnnxEngine:
+    def __init__(self, session: ort.InferenceSession, variant: str):
+        self._session = session
+        self._variant = variant
+        self._on_gpu = session.get_providers()[0] == CUDA
+        names = [i.name for i in session.get_inputs()]
+        if sorted(names) != sorted(INPUT_NAMES) or OUTPUT_NAME not in [
+                o.name for o in session.get_outputs()]:
+            raise ArtifactError(
+                f"the {variant} model takes {names}; the artifact contract is {list(INPUT_NAMES)}"
+                f" -> {OUTPUT_NAME}")
+
+    @classmethod
+    def load(cls, folder: Path, manifest: Manifest, requested: VariantChoice,
+             intra_op_threads: int = 0) -> OnnxEngine:
+        """Pick a variant and provider, verify the file's sha256, build the session."""
+        opts = _session_options(intra_op_threads)
+        if CUDA in ort.get_available_providers():
+            variant = choose_variant(requested, manifest.variants, on_gpu=True)
+            path = verified_variant_path(folder, manifest, variant)
+            # kSameAsRequested: batch shapes vary with every request mix; the default
+            # power-of-two arena growth would hold on to twice the memory it needs.
+            cuda = (CUDA, {"device_id": 0, "arena_extend_strategy": "kSameAsRequested"})
+            try:
+                session = ort.InferenceSession(str(path), opts, providers=[cuda, CPU])
+            except _ORT_ERRORS as exc:
+                logger.warning("CUDA session failed (%s); using the CPU", exc)
+            else:
+                if session.get_providers()[0] == CUDA:
+                    return cls(session, variant)
+                # onnxruntime-gpu installed on a machine without a usable GPU.
+                logger.warning("CUDA execution provider is installed but unusable; using the CPU")
+        variant = choose_variant(requested, manifest.variants, on_gpu=False)
+        path = verified_variant_path(folder, manifest, variant)
+        return cls(ort.InferenceSession(str(path), opts, providers=[CPU]), variant)
+
+    @property
+    def variant(self) -> str:
+        return self._variant
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    def run(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> NDArray[np.float32]:
+        if self._on_gpu:
+            return self._run_bound(ids, mask)
+        (energies,) = self._session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})
+        return np.asarray(energies, dtype=np.float32)  # (B, T)
+
+    def _run_bound(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> NDArray[np.float32]:
+        # IO binding: inputs go to the device once, the output is allocated there and copied
+        # back once, instead of ORT staging both through its own CPU buffers.
+        binding = self._session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        binding.bind_output(OUTPUT_NAME, "cuda", 0)
+        self._session.run_with_iobinding(binding)
+        (energies,) = binding.copy_outputs_to_cpu()
+        return np.asarray(energies, dtype=np.float32)  # (B, T)
+
+
+def warm_up(engine: EnergyEngine, pad_id: int, max_length: int, max_batch_tokens: int) -> None:
+    """Run the shapes real traffic will bring, so the first request does not pay for
+    allocator growth and kernel selection (most visible on CUDA)."""
+    for length in sorted({min(16, max_length), min(64, max_length), max_length}):
+        rows = max(1, min(64, max_batch_tokens // length))
+        for batch in sorted({1, rows}):
+            ids = np.full((batch, length), pad_id, dtype=np.int64)
+            engine.run(ids, np.ones_like(ids))

@@ -1,0 +1,168 @@
+"""What the service refuses, and the one JSON shape every refusal takes.
+
+::
+
+    ServiceError                 base; a message safe to show a client
+    ├── InvalidInput             422  empty text, too many tokens, bad numbers
+    ├── Unauthorized             401  missing or wrong API key
+    ├── PayloadTooLarge          413  body, sentence count or hypothesis count over its limit
+    ├── Overloaded               429  queue full (carries Retry-After)
+    ├── InferenceFailed          500  the engine raised on the batch holding this request
+    ├── NotReady                 503  loading, warming up or draining
+    ├── DeadlineExceeded         504  not answered by the request's deadline
+    └── ClientGone               499  the client disconnected; its queued work was dropped
+
+Every response body is ``{"error": {"type": ..., "message": ...}}``. Messages state the value
+and the limit; internals (paths, stack traces) stay in the server log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+
+class ServiceError(Exception):
+    """A refusal the client may see. ``type`` is a stable machine-readable name."""
+
+    type = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def headers(self) -> dict[str, str] | None:
+        return None
+
+
+class InvalidInput(ServiceError):
+    type = "invalid_input"
+
+
+class Unauthorized(ServiceError):
+    type = "unauthorized"
+
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class PayloadTooLarge(ServiceError):
+    type = "payload_too_large"
+
+
+class Overloaded(ServiceError):
+    type = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class InferenceFailed(ServiceError):
+    type = "inference_failed"
+
+
+class NotReady(ServiceError):
+    type = "not_ready"
+
+
+class DeadlineExceeded(ServiceError):
+    type = "deadline_exceeded"
+
+
+class ClientGone(ServiceError):
+    type = "client_gone"
+
+
+STATUS: dict[type[ServiceError], int] = {
+    InvalidInput: 422,
+    Unauthorized: 401,
+    PayloadTooLarge: 413,
+    Overloaded: 429,
+    InferenceFailed: 500,
+    NotReady: 503,
+    DeadlineExceeded: 504,
+    # nginx's code for "client closed request": nobody reads it, but logs and metrics do.
+    ClientGone: 499,
+}
+
+# Router refusals (unknown path, wrong method) in the same shape.
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed"}
+_MAX_LISTED = 5
+
+
+def error_body(type_: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": type_, "message": message}}
+
+
+def status_of(exc: ServiceError) -> int:
+    """The status of the nearest class in the table (subclasses refine messages, not codes)."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def error_response(exc: ServiceError) -> JSONResponse:
+    return JSONResponse(error_body(exc.type, exc.message), status_code=status_of(exc),
+                        headers=exc.headers())
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    """``('body', 'sentences', 3)`` -> ``sentences[3]``: the path a client wrote."""
+    out = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def validation_message(errors: list[dict[str, Any]]) -> str:
+    """Pydantic's errors as one line; its messages already name the limit that was crossed."""
+    parts = []
+    for err in errors[:_MAX_LISTED]:
+        if err.get("type") == "json_invalid":
+            parts.append(f"body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})")
+        else:
+            parts.append(f"{_location(tuple(err.get('loc', ())))}: {err.get('msg', 'invalid')}")
+    if len(errors) > _MAX_LISTED:
+        parts.append(f"and {len(errors) - _MAX_LISTED} more")
+    return "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI, on_refusal: Callable[[str], None]) -> None:
+    """Route every refusal through one shape; ``on_refusal(type)`` feeds the rejection metric."""
+
+    async def service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        on_refusal(exc.type)
+        return error_response(exc)
+
+    async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        on_refusal(InvalidInput.type)
+        return JSONResponse(error_body(InvalidInput.type, validation_message(list(exc.errors()))),
+                            status_code=422)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(type_, str(exc.detail)), status_code=exc.status_code,
+                            headers=exc.headers)
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette re-raises after this response, so the server logs the traceback once.
+        return JSONResponse(error_body("internal", "internal error; the server log has details"),
+                            status_code=500)
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

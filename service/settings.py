@@ -1,0 +1,108 @@
+"""Service settings: one class, read from ``ELECTRIC_*`` environment variables.
+
+Every field says why an operator would change it. Limits that protect the process (queue, body,
+batch) live here so that one place bounds memory and latency; per-request shape rules live on
+the request schemas.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+logger = logging.getLogger("electric.service")
+
+VariantChoice = Literal["auto", "fp32", "fp16", "int8"]
+
+
+def default_artifact() -> Path:
+    """The embedded artifact that ``make serve`` runs: ``<repo>/models/electric-minilm``."""
+    return Path(__file__).resolve().parent.parent / "models" / "electric-minilm"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ELECTRIC_", extra="forbid", frozen=True)
+
+    artifact: Path = Field(default_factory=default_artifact)
+    """Artifact folder to serve (electric.json, tokenizer.json, *.onnx). Point it at a mounted
+    volume to serve another model without rebuilding the image."""
+    variant: VariantChoice = "auto"
+    """Which ONNX file to run. ``auto``: fp16 on a CUDA GPU, int8 on CPU, each falling back to
+    what the artifact has (fp32 last on CPU, first on GPU). Pin fp32 for bit-stable scores:
+    int8's dynamic activation scales depend on the batch a sentence lands in."""
+    intra_op_threads: int = Field(default=0, ge=0, le=512)
+    """ONNX Runtime threads per inference; 0 lets ORT use every physical core. Set it to the
+    container's CPU limit: ORT cannot see cgroup quotas and over-subscribes otherwise."""
+    host: str = "127.0.0.1"
+    """Interface to bind. Containers set 0.0.0.0; the default keeps a laptop run private."""
+    port: int = Field(default=8000, ge=1, le=65535)
+    """TCP port to listen on."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log verbosity of the service and of uvicorn."""
+    access_log: bool = False
+    """One log line per request. Off by default: at thousands of requests per second it costs
+    throughput, and /metrics already counts requests by route and status."""
+
+    max_batch_tokens: int | None = Field(default=None, ge=1)
+    """Padded cost budget of one batch (sequences × longest sequence). Unset: 1024 on a CPU
+    (a batch then takes ~0.1 s on two cores), 16384 on a GPU. Larger batches raise GPU
+    throughput and every request's wait behind the batch in front of it."""
+    max_batch_size: int = Field(default=64, ge=1, le=4096)
+    """Most sequences in one batch, whatever their length."""
+    sort_window: int = Field(default=256, ge=1)
+    """How many of the oldest queued sequences the batcher may reorder by length to cut
+    padding. Larger windows pad less but let a sequence wait behind more batches."""
+    max_padding: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Largest share of a batch that may be padding; a length outlier waits for the next batch
+    instead. Unset: 0.15 on a CPU, where a padded position costs as much as a real one and
+    batch size barely matters past a few rows; 0.5 on a GPU, where wide batches pay."""
+    max_queue: int = Field(default=4096, ge=1)
+    """Queued sequences before new requests get 429. Bounds memory and worst-case queue wait;
+    the queue-depth gauge drives autoscaling long before this is reached."""
+    max_sentences: int = Field(default=256, ge=1)
+    """Most sentences one /v1/score or /v1/tokenize request may carry (413 above)."""
+    max_hypotheses: int = Field(default=1024, ge=1)
+    """Most hypotheses one /v1/rerank request may carry, summed over its lists (413 above)."""
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    """Largest request body in bytes (413 above); bounds the work a single request can ask."""
+    request_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """Deadline from admission to answer. Work still queued past it is dropped and the client
+    gets 504, so an overloaded replica sheds load instead of answering stale requests."""
+    drain_timeout_s: float = Field(default=20.0, ge=0, le=3600)
+    """On SIGTERM, how long to keep working through admitted requests before exiting. Keep it
+    under the pod's terminationGracePeriodSeconds."""
+    warmup: bool = True
+    """Run a few dummy batches before /readyz turns ready, so the first real request does not
+    pay for allocator growth and kernel selection."""
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Comma-separated keys; when set, /v1/* requires ``Authorization: Bearer <key>`` (or
+    ``X-API-Key``). Probes and /metrics stay open for the cluster."""
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_queue(self) -> Settings:
+        # A request bigger than the whole queue could never be admitted.
+        for name in ("max_sentences", "max_hypotheses"):
+            if getattr(self, name) > self.max_queue:
+                raise ValueError(
+                    f"{name} {getattr(self, name)} exceeds max_queue {self.max_queue}")
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as they may be logged: secrets replaced by asterisks."""
+        data = self.model_dump(mode="json")
+        data["api_keys"] = ["**********" for _ in self.api_keys]
+        return data
+
+    def log(self) -> None:
+        logger.info("settings: %s", self.redacted())

@@ -1,0 +1,177 @@
+"""The batching loop with a fake engine: plumbing, queue bounds, deadlines, faults."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from harness import FakeEngine
+
+from service.batcher import Batcher
+from service.batching import BatchLimits
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
+from service.metrics import Metrics
+
+
+def seq(*ids: int) -> np.ndarray:
+    return np.array([2, *ids, 3], dtype=np.int64)
+
+
+def make(engine: FakeEngine, max_queue: int = 64, tokens: int = 1024,
+         size: int = 64) -> Batcher:
+    return Batcher(engine, BatchLimits(tokens, size, 64), pad_id=0, max_queue=max_queue,
+                   metrics=Metrics())
+
+
+def expected(ids: np.ndarray) -> list[float]:
+    return [(i % 7) / 7.0 for i in ids.tolist()]
+
+
+def same_rows(got: list[np.ndarray], seqs: list[np.ndarray]) -> bool:
+    return len(got) == len(seqs) and all(
+        r.shape == s.shape and np.allclose(r, expected(s)) for r, s in zip(got, seqs))
+
+
+def test_rows_come_back_to_their_requests_unpadded() -> None:
+    async def scenario() -> None:
+        engine = FakeEngine()
+        batcher = make(engine)
+        batcher.start()
+        a, b = [seq(10, 11), seq(12)], [seq(13, 14, 15, 16)]
+        got_a, got_b = await asyncio.gather(batcher.score(a, 5), batcher.score(b, 5))
+        assert same_rows(got_a, a) and same_rows(got_b, b)
+        assert await batcher.score([], 5) == []
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_idle_engine_runs_at_once_and_busy_engine_batches_what_piled_up() -> None:
+    async def scenario() -> None:
+        engine = FakeEngine(gated=True)
+        batcher = make(engine)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.score([seq(10)], 5))
+        await asyncio.to_thread(engine.entered.wait, 5)
+        assert engine.shapes == [(1, 3)], "an idle batcher runs the first request alone"
+        rest = [asyncio.ensure_future(batcher.score([seq(11, 12)], 5)) for _ in range(5)]
+        await asyncio.sleep(0)
+        assert batcher.depth == 5
+        engine.gate.set()
+        await asyncio.gather(first, *rest)
+        assert engine.shapes == [(1, 3), (5, 4)], "work queued behind a busy engine shares a batch"
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_may_be_split_across_batches() -> None:
+    async def scenario() -> None:
+        engine = FakeEngine()
+        batcher = make(engine, size=2)
+        batcher.start()
+        seqs = [seq(10 + i) for i in range(5)]
+        got = await batcher.score(seqs, 5)
+        assert same_rows(got, seqs)
+        assert sorted(b for b, _ in engine.shapes) == [1, 2, 2]
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_full_queue_refuses_with_retry_after() -> None:
+    async def scenario() -> None:
+        engine = FakeEngine(gated=True)
+        batcher = make(engine, max_queue=3)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.score([seq(10)], 5))
+        await asyncio.to_thread(engine.entered.wait, 5)
+        queued = asyncio.ensure_future(batcher.score([seq(11), seq(12)], 5))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded) as refused:
+            batcher.submit([seq(13), seq(14)], 5)
+        assert refused.value.retry_after_s >= 1
+        assert "3" in refused.value.message
+        engine.gate.set()
+        await asyncio.gather(running, queued)
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_cancelled_and_expired_work_never_reaches_the_engine() -> None:
+    async def scenario() -> None:
+        engine = FakeEngine(gated=True)
+        batcher = make(engine)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.score([seq(10)], 5))
+        await asyncio.to_thread(engine.entered.wait, 5)
+        gone = asyncio.ensure_future(batcher.score([seq(20, 21, 22)], 5))
+        expired = asyncio.ensure_future(batcher.score([seq(30, 31, 32, 33, 34)], 0.05))
+        await asyncio.sleep(0)
+        gone.cancel()  # the client went away
+        with pytest.raises(DeadlineExceeded):
+            await expired
+        engine.gate.set()
+        await running
+        kept = await batcher.score([seq(40)], 5)
+        assert len(kept) == 1
+        assert engine.shapes == [(1, 3), (1, 3)], "only live work ran"
+        assert gone.cancelled()
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_engine_fault_fails_only_its_batch() -> None:
+    async def scenario() -> None:
+        engine = FakeEngine(poison_id=99)
+        batcher = make(engine, size=1)
+        batcher.start()
+        results = await asyncio.gather(batcher.score([seq(10)], 5), batcher.score([seq(99)], 5),
+                                       batcher.score([seq(11)], 5), return_exceptions=True)
+        assert isinstance(results[1], InferenceFailed)
+        assert not isinstance(results[0], BaseException)
+        assert not isinstance(results[2], BaseException)
+        assert batcher.alive
+        assert len(await batcher.score([seq(12)], 5)) == 1
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_wrong_shape_from_the_engine_is_a_fault_not_a_crash() -> None:
+    class Truncating(FakeEngine):
+        def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            return super().run(ids, mask)[:, :1]
+
+    async def scenario() -> None:
+        batcher = make(Truncating())
+        batcher.start()
+        with pytest.raises(InferenceFailed):
+            await batcher.score([seq(10, 11)], 5)
+        assert batcher.alive
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_close_fails_queued_work_and_refuses_more() -> None:
+    async def scenario() -> None:
+        engine = FakeEngine(gated=True)
+        batcher = make(engine)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.score([seq(10)], 5))
+        await asyncio.to_thread(engine.entered.wait, 5)
+        queued = asyncio.ensure_future(batcher.score([seq(11)], 5))
+        await asyncio.sleep(0)
+        await batcher.close()
+        engine.gate.set()
+        for fut in (running, queued):
+            with pytest.raises(NotReady):
+                await fut
+        with pytest.raises(NotReady):
+            batcher.submit([seq(12)], 5)
+
+    asyncio.run(scenario())

@@ -1,0 +1,54 @@
+"""The ONNX Runtime engine on the tiny exported artifact, and variant choice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.artifact import ArtifactError, load_manifest
+from service.engine import CPU, OnnxEngine, choose_variant, warm_up
+
+
+@pytest.mark.parametrize("requested, available, on_gpu, expected", [
+    ("auto", {"fp32", "fp16", "int8"}, True, "fp16"),
+    ("auto", {"fp32", "int8"}, True, "fp32"),
+    ("auto", {"int8"}, True, "int8"),
+    ("auto", {"fp32", "fp16", "int8"}, False, "int8"),
+    ("auto", {"fp32", "fp16"}, False, "fp32"),
+    ("auto", {"fp16"}, False, "fp16"),
+    ("fp32", {"fp32", "int8"}, False, "fp32"),
+])
+def test_choose_variant(requested: str, available: set[str], on_gpu: bool,
+                        expected: str) -> None:
+    assert choose_variant(requested, available, on_gpu) == expected  # type: ignore[arg-type]
+
+
+def test_a_missing_variant_is_a_clear_error() -> None:
+    with pytest.raises(ArtifactError, match="fp16.*int8"):
+        choose_variant("fp16", {"int8"}, on_gpu=False)
+
+
+def test_engine_runs_on_cpu_and_reports_providers(tiny_artifact: Path) -> None:
+    manifest = load_manifest(tiny_artifact)
+    engine = OnnxEngine.load(tiny_artifact, manifest, "fp32", intra_op_threads=1)
+    assert engine.variant == "fp32" and engine.providers[0] == CPU
+    ids = np.array([[2, 40, 41, 3, 0], [2, 42, 43, 44, 3]], dtype=np.int64)
+    energies = engine.run(ids, (np.arange(5) < np.array([[4], [5]])).astype(np.int64))
+    assert energies.shape == (2, 5) and energies.dtype == np.float32
+    assert np.isfinite(energies).all()
+    warm_up(engine, pad_id=0, max_length=manifest.architecture.max_positions,
+            max_batch_tokens=256)
+
+
+def test_a_corrupted_model_file_is_refused(tiny_artifact: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "corrupt"
+    shutil.copytree(tiny_artifact, folder)
+    manifest = json.loads((folder / "electric.json").read_text())
+    model_file = folder / manifest["variants"]["fp32"]["file"]
+    model_file.write_bytes(model_file.read_bytes() + b"\0")
+    with pytest.raises(ArtifactError, match="sha256"):
+        OnnxEngine.load(folder, load_manifest(folder), "fp32")
