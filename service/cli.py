@@ -45,10 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     try:
         from model_export.cli import register
+        from model_export.evaluate import register_eval
     except ImportError:  # a serving-only install may leave model_export out
         pass
     else:
         register(sub)
+        register_eval(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import build_tiny_electric, build_tiny_tokenizer
+from tiny_models import build_tiny_electric, build_tiny_tokenizer
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
