@@ -27,7 +27,7 @@ from service.errors import (
     install_error_handlers,
 )
 from service.metrics import CONTENT_TYPE
-from service.middleware import BodyLimit, RequestMetrics
+from service.middleware import BodyLimit, JsonContentType, RequestMetrics
 from service.runtime import Runtime
 from service.schemas import (
     ErrorBody,
@@ -228,6 +228,7 @@ def build_app(runtime: Runtime) -> FastAPI:
     install_error_handlers(app, runtime.metrics.reject)
     app.include_router(v1)
     app.include_router(probes)
+    app.add_middleware(JsonContentType)
     app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes,
                        metrics=runtime.metrics)
     # Added last, so outermost: it also counts what BodyLimit refuses.

@@ -70,6 +70,25 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+class JsonContentType:
+    """Read every POST body as JSON, whatever Content-Type the client declared.
+
+    The API takes JSON only, and ``curl -d '{...}'`` (the first thing a user tries) declares
+    ``application/x-www-form-urlencoded``. Without this, FastAPI would not parse such a body
+    and answer 422 for valid JSON.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            headers.append((b"content-type", b"application/json"))
+            scope = dict(scope, headers=headers)
+        await self.app(scope, receive, send)
+
+
 class RequestMetrics:
     """requests_total{endpoint,status}, request_duration_seconds{endpoint}, in-flight gauge."""
 

@@ -11,8 +11,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from tiny_models import build_tiny_electric, build_tiny_tokenizer
 from safetensors.torch import save_file
+from tiny_models import build_tiny_electric, build_tiny_tokenizer
 from tokenizers import Tokenizer
 
 from model_export.export import VARIANT_FILES, export_artifact

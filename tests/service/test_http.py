@@ -50,6 +50,20 @@ def test_score_response_shape(tiny_artifact: Path, sentences: list[str]) -> None
     asyncio.run(scenario())
 
 
+def test_json_body_is_read_whatever_the_declared_content_type(tiny_artifact: Path) -> None:
+    """``curl -d '{...}'`` declares a form body; the README's first example must still work."""
+    async def scenario() -> None:
+        async with serving(runtime_for(tiny_artifact)) as client:
+            body = b'{"sentences": ["the cat sat on the mat"]}'
+            for content_type in ("application/x-www-form-urlencoded", "text/plain"):
+                response = await client.post("/v1/score", content=body,
+                                             headers={"content-type": content_type})
+                assert response.status_code == 200, response.text
+                assert response.json()["results"][0]["tokens"][:2] == ["the", "cat"]
+
+    asyncio.run(scenario())
+
+
 def test_batch_scores_equal_single_scores(tiny_artifact: Path, sentences: list[str]) -> None:
     async def scenario() -> None:
         async with serving(runtime_for(tiny_artifact)) as client:

@@ -1,0 +1,167 @@
+"""``electric train | export | import | verify``: the model commands.
+
+Nothing here imports torch at module level: the serving CLI registers these sub-commands even
+where only the serving extras are installed, and torch is loaded when one of them runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+DEFAULT_VERIFY_SENTENCES = [
+    "the cat sat on the mat",
+    "she sells sea shells by the sea shore",
+    "Colorless green ideas sleep furiously.",
+    "The committee approved the budget after a long debate on Tuesday.",
+    "i think therefore i am",
+    "He don't know nothing about it",
+    "Where is the nearest train station?",
+    "To be, or not to be, that is the question.",
+]
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as JSON where they parse, else kept as text."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+def _variants(text: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in names if v not in ("fp32", "fp16", "int8")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown variants {bad}; choose from fp32, fp16, int8")
+    return names
+
+
+def _train(args: argparse.Namespace) -> int:
+    from model_export.presets import preset
+    from model_export.train import train
+
+    cfg = preset(args.preset, **_parse_overrides(args.set))
+    final = train(cfg, [Path(p) for p in args.corpora], Path(args.run_dir),
+                  Path(args.tokenizer) if args.tokenizer else None)
+    print(f"final checkpoint: {final}")
+    if args.export:
+        _export_checkpoint(final, Path(args.export), args.name, args.variants)
+    return 0
+
+
+def _export_checkpoint(checkpoint: Path, out: Path, name: str | None,
+                       variants: tuple[str, ...]) -> None:
+    from model_export.export import export_artifact
+    from model_export.verify import load_checkpoint_model
+
+    model, cfg, facts = load_checkpoint_model(checkpoint)
+    if not facts.get("tokenizer_path"):
+        raise SystemExit(f"{checkpoint}: no tokenizer recorded beside the checkpoint; "
+                         "the run folder's config.json must name tokenizer_path")
+    manifest = export_artifact(model, cfg, Path(facts["tokenizer_path"]), out,
+                               name=name or out.name, variants=variants,
+                               training=facts.get("training"))
+    _print_export(out, manifest)
+
+
+def _print_export(out: Path, manifest: Any) -> None:
+    fused = manifest.training.get("onnx", {}).get("fused_ops", {})
+    print(f"wrote {out} with variants {sorted(manifest.variants)}")
+    if fused:
+        print("fused ops: " + ", ".join(f"{op} {n}" for op, n in sorted(fused.items())))
+
+
+def _export(args: argparse.Namespace) -> int:
+    _export_checkpoint(Path(args.checkpoint), Path(args.out), args.name, args.variants)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from model_export.export import export_artifact
+    from model_export.hf_import import import_electra_discriminator
+
+    folder = Path(args.folder)
+    model, cfg, facts = import_electra_discriminator(folder)
+    out = Path(args.out)
+    manifest = export_artifact(model, cfg, _hf_tokenizer(folder), out,
+                               name=args.name or out.name, variants=args.variants,
+                               energy_source="discriminator_logit", training=facts)
+    _print_export(out, manifest)
+    return 0
+
+
+def _hf_tokenizer(folder: Path) -> Path:
+    """The folder's tokenizer.json, or one built from its WordPiece vocab.txt (older exports)."""
+    if (folder / "tokenizer.json").is_file():
+        return folder / "tokenizer.json"
+    vocab = folder / "vocab.txt"
+    if not vocab.is_file():
+        raise SystemExit(f"{folder} has neither tokenizer.json nor vocab.txt")
+    from tokenizers import BertWordPieceTokenizer
+
+    lowercase = True
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        lowercase = bool(json.loads(config.read_text()).get("do_lower_case", True))
+    tokenizer = BertWordPieceTokenizer(str(vocab), lowercase=lowercase)
+    path = Path(tempfile.mkdtemp(prefix="electric-import-")) / "tokenizer.json"
+    tokenizer.save(str(path))
+    return path
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from model_export.verify import load_checkpoint_model, verify_artifact
+
+    model = load_checkpoint_model(Path(args.checkpoint))[0] if args.checkpoint else None
+    sentences = DEFAULT_VERIFY_SENTENCES
+    if args.sentences:
+        sentences = [s for s in Path(args.sentences).read_text().splitlines() if s.strip()]
+    report = verify_artifact(Path(args.artifact), model, sentences)
+    print(report.table())
+    return 0 if report.passed else 1
+
+
+def register(sub: Any) -> None:
+    """Add the model sub-commands to the ``electric`` parser."""
+    p = sub.add_parser("train", help="train an Electric model with NCE (needs the export extra)")
+    p.add_argument("--preset", default="small", help="training preset: tiny, small or base")
+    p.add_argument("--corpora", nargs="+", required=True, help="*.txt or *.txt.gz files")
+    p.add_argument("--run-dir", required=True, help="checkpoints and logs; rerun to resume")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the warm start's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field, e.g. --set steps=2000")
+    p.add_argument("--export", help="after training, write an artifact folder here")
+    p.add_argument("--name", help="artifact name (default: the folder name)")
+    p.add_argument("--variants", type=_variants, default=("fp32", "int8"))
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="export a training checkpoint to an artifact folder")
+    p.add_argument("checkpoint", help="final.safetensors (with config.json beside it)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--name")
+    p.add_argument("--variants", type=_variants, default=("fp32", "int8"))
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("import", help="turn a Hugging Face ELECTRA discriminator into an artifact")
+    p.add_argument("folder", help="ElectraForPreTraining folder: config.json, model.safetensors, "
+                                  "tokenizer.json")
+    p.add_argument("--out", required=True)
+    p.add_argument("--name")
+    p.add_argument("--variants", type=_variants, default=("fp32", "int8"))
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser("verify", help="check an artifact's variants against PyTorch / fp32")
+    p.add_argument("artifact")
+    p.add_argument("--checkpoint", help="the training checkpoint the artifact came from")
+    p.add_argument("--sentences", help="a file of sentences, one a line")
+    p.set_defaults(func=_verify)

@@ -1,0 +1,287 @@
+"""Training data: text corpora -> token ids -> packed sequences -> seeded, resumable batches.
+
+Corpus format: UTF-8 text, optionally gzipped; one sentence or paragraph per line; a blank line
+ends a document. Shapes: B batch, T sequence (specials included), N tokens, S sentences,
+D documents.
+
+Tokenized corpora are cached as flat arrays in one ``.npz`` file (no pickle): the token ids of
+every sentence back to back, the offsets where sentences start, and where documents start.
+Consecutive sentences of a document are therefore contiguous, and a packed sequence is a plain
+``[start, end)`` slice of the token array.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+# Bump when the cache layout or the tokenization rules change, so old caches are rebuilt.
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Ids of the tokens that frame and pad a sequence; they are never noised or scored."""
+
+    cls: int
+    sep: int
+    pad: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Tokenizer) -> SpecialIds:
+        ids = {name: tokenizer.token_to_id(name) for name in ("[CLS]", "[SEP]", "[PAD]")}
+        missing = [name for name, i in ids.items() if i is None]
+        if missing:
+            raise ValueError(f"tokenizer has no {missing} token; a BERT-style vocabulary is needed")
+        return cls(cls=ids["[CLS]"], sep=ids["[SEP]"], pad=ids["[PAD]"])
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """A tokenizer.json with padding and truncation off: packing decides lengths, not it."""
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def read_documents(path: Path) -> Iterator[list[str]]:
+    """Yield each document of a corpus file as its list of non-blank lines."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8") as text:
+        lines: list[str] = []
+        for line in text:
+            line = line.strip()
+            if line:
+                lines.append(line)
+            elif lines:
+                yield lines
+                lines = []
+        if lines:
+            yield lines
+
+
+def is_heldout(lines: list[str], fraction: float) -> bool:
+    """Held out by a hash of the document's text: stable across runs, machines and file order,
+    and duplicates of a document land on the same side, so nothing leaks into the held-out set."""
+    digest = hashlib.blake2b("\n".join(lines).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64 < fraction
+
+
+@dataclass(frozen=True)
+class TokenizedCorpus:
+    tokens: np.ndarray  # (N,) int32 ids of every sentence back to back, no specials
+    sentence_starts: np.ndarray  # (S+1,) int64 offsets into tokens
+    document_starts: np.ndarray  # (D+1,) int64 offsets into sentences
+    heldout: np.ndarray  # (D,) bool, the document is held out for cloze evaluation
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.heldout)
+
+
+def tokenize_corpora(corpora: list[Path], tokenizer: Tokenizer,
+                     heldout_fraction: float) -> TokenizedCorpus:
+    chunks: list[np.ndarray] = []
+    sentence_lengths: list[np.ndarray] = []
+    doc_sizes: list[int] = []
+    heldout: list[bool] = []
+    for path in corpora:
+        documents = list(read_documents(path))
+        lines = [line for doc in documents for line in doc]
+        # One batched call per file: the Rust side runs it on every core.
+        encodings = tokenizer.encode_batch(lines, add_special_tokens=False)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(lines))
+        chunks.append(np.fromiter((i for e in encodings for i in e.ids), dtype=np.int32,
+                                  count=int(lengths.sum())))
+        line = 0
+        for doc in documents:
+            doc_lengths = lengths[line:line + len(doc)]
+            line += len(doc)
+            doc_lengths = doc_lengths[doc_lengths > 0]  # lines the normalizer empties
+            if len(doc_lengths):
+                sentence_lengths.append(doc_lengths)
+                doc_sizes.append(len(doc_lengths))
+                heldout.append(is_heldout(doc, heldout_fraction))
+    all_lengths = np.concatenate(sentence_lengths) if sentence_lengths else np.zeros(0, np.int64)
+    return TokenizedCorpus(
+        tokens=np.concatenate(chunks) if chunks else np.zeros(0, np.int32),
+        sentence_starts=np.concatenate([[0], np.cumsum(all_lengths)]).astype(np.int64),
+        document_starts=np.concatenate([[0], np.cumsum(doc_sizes, dtype=np.int64)]).astype(np.int64),
+        heldout=np.asarray(heldout, dtype=bool))
+
+
+def _cache_key(corpora: list[Path], tokenizer_path: Path, heldout_fraction: float) -> str:
+    def sha256(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    return json.dumps({
+        "format": CACHE_FORMAT,
+        "tokenizer": sha256(tokenizer_path),
+        "corpora": [[p.name, sha256(p)] for p in corpora],
+        "heldout_fraction": heldout_fraction,
+    }, sort_keys=True)
+
+
+def load_or_tokenize(corpora: list[Path], tokenizer_path: Path, cache_path: Path,
+                     heldout_fraction: float) -> TokenizedCorpus:
+    """Tokenize the corpora, or reuse ``cache_path`` when it was made from the same bytes."""
+    key = _cache_key(corpora, tokenizer_path, heldout_fraction)
+    if cache_path.exists():
+        with np.load(cache_path, allow_pickle=False) as cached:
+            if str(cached["key"]) == key:
+                return TokenizedCorpus(tokens=cached["tokens"],
+                                       sentence_starts=cached["sentence_starts"],
+                                       document_starts=cached["document_starts"],
+                                       heldout=cached["heldout"])
+    corpus = tokenize_corpora(corpora, load_tokenizer(tokenizer_path), heldout_fraction)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_name(cache_path.name + ".tmp.npz")
+    np.savez(tmp, key=np.array(key), tokens=corpus.tokens, sentence_starts=corpus.sentence_starts,
+             document_starts=corpus.document_starts, heldout=corpus.heldout)
+    tmp.replace(cache_path)
+    return corpus
+
+
+@dataclass(frozen=True)
+class PackedSequences:
+    """Token ranges ``tokens[start:end]``, each to be framed as [CLS] ... [SEP]."""
+
+    tokens: np.ndarray  # (N,) int32, shared with the TokenizedCorpus
+    starts: np.ndarray  # (M,) int64
+    ends: np.ndarray  # (M,) int64
+    heldout: np.ndarray  # (M,) bool, from the sequence's document
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def subset(self, heldout: bool) -> PackedSequences:
+        keep = self.heldout == heldout
+        return PackedSequences(self.tokens, self.starts[keep], self.ends[keep], self.heldout[keep])
+
+    def sequence(self, i: int, special: SpecialIds) -> np.ndarray:
+        """One framed sequence, (T,) int64."""
+        body = self.tokens[self.starts[i]:self.ends[i]]
+        return np.concatenate([[special.cls], body, [special.sep]]).astype(np.int64)
+
+
+def pack(corpus: TokenizedCorpus, max_len: int) -> PackedSequences:
+    """Greedily pack consecutive sentences of a document into sequences of at most ``max_len``
+    tokens, [CLS] and [SEP] included. A sentence is never split across sequences and a sequence
+    never crosses a document boundary; a sentence longer than ``max_len - 2`` on its own is
+    truncated to that length (its tail is dropped)."""
+    room = max_len - 2
+    if room < 1:
+        raise ValueError(f"max_len {max_len} leaves no room between [CLS] and [SEP]")
+    sent = corpus.sentence_starts.tolist()
+    docs = corpus.document_starts.tolist()
+    starts: list[int] = []
+    ends: list[int] = []
+    heldout: list[bool] = []
+    for d in range(corpus.num_documents):
+        held = bool(corpus.heldout[d])
+        begin = end = sent[docs[d]]  # the open sequence is tokens[begin:end]
+        for s in range(docs[d], docs[d + 1]):
+            a, b = sent[s], sent[s + 1]
+            if b - begin <= room:
+                end = b
+                continue
+            if end > begin:
+                starts.append(begin), ends.append(end), heldout.append(held)
+            if b - a > room:
+                starts.append(a), ends.append(a + room), heldout.append(held)
+                begin = end = b
+            else:
+                begin, end = a, b
+        if end > begin:
+            starts.append(begin), ends.append(end), heldout.append(held)
+    return PackedSequences(corpus.tokens, np.asarray(starts, np.int64), np.asarray(ends, np.int64),
+                           np.asarray(heldout, bool))
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T) int64, right padded
+    attention_mask: torch.Tensor  # (B, T) int64, 1 on real tokens (specials included)
+    special_mask: torch.Tensor  # (B, T) bool, True on [CLS], [SEP] and padding: never noised
+
+    @property
+    def real_tokens(self) -> int:
+        """Non-padding tokens, [CLS] and [SEP] included: what tokens/s counts."""
+        return int(self.attention_mask.sum())
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device),
+                     self.special_mask.to(device))
+
+
+def collate(sequences: list[np.ndarray], special: SpecialIds) -> Batch:
+    """Framed (T_i,) sequences -> a batch padded to its longest sequence."""
+    B, T = len(sequences), max(len(s) for s in sequences)
+    ids = np.full((B, T), special.pad, dtype=np.int64)
+    mask = np.zeros((B, T), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        ids[row, :len(seq)] = seq
+        mask[row, :len(seq)] = 1
+    specials = (ids == special.cls) | (ids == special.sep) | (mask == 0)
+    return Batch(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(specials))
+
+
+class BatchStream:
+    """Batches in a seeded order that is a pure function of (seed, step).
+
+    Epoch ``e`` draws ``default_rng([seed, e])``: it permutes the sequences, sorts each run of
+    ``bucket`` batches' worth by length, cuts the runs into batches and shuffles the batches.
+    Neighbours in length share a batch, so padding to the batch's longest sequence wastes
+    little compute, while the batch order stays random. The ``len % batch_size`` sequences
+    left over by an epoch's permutation sit that epoch out (a different few each epoch).
+    Resuming at step ``s`` needs nothing but ``s``: no iterator state to checkpoint.
+    """
+
+    def __init__(self, sequences: PackedSequences, special: SpecialIds, batch_size: int,
+                 seed: int, bucket: int = 50):
+        if len(sequences) == 0:
+            raise ValueError("no training sequences: the corpora are empty or all held out")
+        self.sequences = sequences
+        self.special = special
+        self.batch_size = min(batch_size, len(sequences))
+        self.seed = seed
+        self.bucket = bucket
+        self.batches_per_epoch = len(sequences) // self.batch_size
+        self._epoch = -1
+        self._batches: list[np.ndarray] = []
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The sequence indices of every batch of ``epoch``, in order."""
+        rng = np.random.default_rng([self.seed, epoch])
+        B = self.batch_size
+        order = rng.permutation(len(self.sequences))[:self.batches_per_epoch * B]
+        lengths = (self.sequences.ends - self.sequences.starts)[order]
+        batches: list[np.ndarray] = []
+        for lo in range(0, len(order), self.bucket * B):
+            run = order[lo:lo + self.bucket * B]
+            run = run[np.argsort(lengths[lo:lo + self.bucket * B], kind="stable")]
+            batches.extend(run[i:i + B] for i in range(0, len(run), B))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def batch(self, step: int) -> Batch:
+        epoch, index = divmod(step, self.batches_per_epoch)
+        if epoch != self._epoch:
+            self._batches = self.epoch_batches(epoch)
+            self._epoch = epoch
+        rows = [self.sequences.sequence(int(i), self.special) for i in self._batches[index]]
+        return collate(rows, self.special)
+
+    def __call__(self, start_step: int = 0) -> Iterator[Batch]:
+        step = start_step
+        while True:
+            yield self.batch(step)
+            step += 1

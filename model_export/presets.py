@@ -1,0 +1,163 @@
+"""Training configuration: one frozen dataclass and its named presets (tiny, small, base).
+
+``preset(name, **overrides)`` is what ``electric train --preset NAME --set key=value`` calls.
+Unknown keys are errors, as in google-research/electra's ``configure_pretraining.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from model_export.config import MODEL_PRESETS
+
+NOISE_KINDS = ("two_tower", "ngram")
+AMP_MODES = ("none", "bf16", "fp16")
+# Stands for the all-MiniLM-L6-v2 folder that ships inside the venv (train.py resolves it), so a
+# preset names no machine-specific path.
+MINILM = "minilm"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "custom"
+    """Preset name; recorded in config.json and the artifact manifest."""
+    model: str = "minilm"
+    """MODEL_PRESETS key giving the architecture when ``warm_start`` is empty. With a warm start
+    the architecture is read from the checkpoint's config.json instead."""
+    warm_start: str = ""
+    """BERT-family folder (config.json + model.safetensors) whose encoder starts the energy model;
+    ``"minilm"`` is the bundled all-MiniLM-L6-v2; empty trains from random weights."""
+    max_len: int = 64
+    """Longest packed sequence in tokens, [CLS] and [SEP] included. Cost grows with it; scored
+    sentences longer than this are rarely seen in training."""
+    batch_size: int = 32
+    """Sequences per optimizer step."""
+    steps: int = 2000
+    """Joint NCE steps, after the ``noise_pretrain_steps``."""
+    lr: float = 1e-4
+    """Peak learning rate of the energy model's embeddings and encoder: what a warm start
+    provides, so a nudge is enough."""
+    fresh_lr: float = 5e-4
+    """Peak learning rate of the parts that always start from random weights: the energy head
+    and the noise model. Their outputs must travel far (energies of several nats) in a short
+    run; set it equal to ``lr`` when training from scratch."""
+    warmup: int = 100
+    """Linear warm-up steps at the start of each phase; then linear decay to 0 at its end."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay; never applied to biases, LayerNorm or embeddings' padding."""
+    clip: float = 1.0
+    """Global gradient-norm clip; 0 switches clipping off."""
+    seed: int = 0
+    """Seeds weights, dropout, masking, noise samples and the data order."""
+    noise: str = "two_tower"
+    """Noise distribution q: ``two_tower`` (the paper's cloze model, trained jointly by MLE) or
+    ``ngram`` (count-based cloze n-gram built from the training corpus, no training)."""
+    noise_pretrain_steps: int = 0
+    """Steps that train q alone (cloze MLE) before joint training, so the energy model never
+    learns from the near-uniform samples of an untrained q. Two-tower noise only."""
+    mask_prob: float = 0.15
+    """Fraction of positions replaced by noise samples (the paper's 15%)."""
+    nce_weight: float = 50.0
+    """Weight of the NCE term, as the reference implementation (it scales ELECTRA's
+    discriminator loss the same way)."""
+    mle_weight: float = 1.0
+    """Weight of q's cloze MLE term in the joint loss."""
+    data_fraction: float = 1.0
+    """Fraction of the unmasked (data) positions that enter the NCE loss; below 1 saves the
+    noise model's log q at the positions skipped."""
+    dropout: float = 0.1
+    """Dropout of the energy model and the noise towers in training (replaces the warm start's
+    or the model preset's). A run that sees each sequence about once has little to overfit."""
+    freeze_embeddings: bool = False
+    """Keep the shared word embeddings fixed (MiniLM: 11.7M of 22.7M parameters): no gradient,
+    no AdamW state, and they stay what the warm start learnt."""
+    amp: str = "none"
+    """Autocast dtype: ``none``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with loss scaling)."""
+    threads: int = 0
+    """torch intra-op threads while training (restored after); 0 keeps the current setting.
+    A tiny model runs faster on one thread than paying for two threads' synchronisation."""
+    heldout_fraction: float = 0.02
+    """Fraction of documents (chosen by a hash of their text) kept out of training for the
+    held-out cloze evaluation."""
+    eval_sequences: int = 256
+    """Held-out sequences scored at each evaluation (a fixed, deterministic subset)."""
+    log_every: int = 10
+    """Steps between metric lines in metrics.jsonl."""
+    eval_every: int = 200
+    """Steps between held-out cloze evaluations; 0 evaluates only at the end."""
+    ckpt_every: int = 500
+    """Steps between checkpoints; one is always written at the end."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.noise in NOISE_KINDS, f"noise {self.noise!r} is not one of {NOISE_KINDS}"),
+            (self.amp in AMP_MODES, f"amp {self.amp!r} is not one of {AMP_MODES}"),
+            (self.warm_start != "" or self.model in MODEL_PRESETS,
+             f"model {self.model!r} is not one of {sorted(MODEL_PRESETS)}"),
+            (self.max_len >= 3, f"max_len {self.max_len} must be at least 3"),
+            (self.batch_size >= 1, f"batch_size {self.batch_size} must be at least 1"),
+            (self.steps >= 1, f"steps {self.steps} must be at least 1"),
+            (self.noise_pretrain_steps >= 0, "noise_pretrain_steps must be >= 0"),
+            (self.noise_pretrain_steps == 0 or self.noise == "two_tower",
+             "noise_pretrain_steps needs noise='two_tower' (an n-gram q is counted, not trained)"),
+            (0 <= self.dropout < 1, f"dropout {self.dropout} must be in [0, 1)"),
+            (0 < self.mask_prob < 1, f"mask_prob {self.mask_prob} must be in (0, 1)"),
+            (0 < self.data_fraction <= 1, f"data_fraction {self.data_fraction} must be in (0, 1]"),
+            (0 <= self.heldout_fraction < 1, "heldout_fraction must be in [0, 1)"),
+            (min(self.log_every, self.ckpt_every) >= 1, "log_every and ckpt_every must be >= 1"),
+            (self.eval_every >= 0 and self.warmup >= 0 and self.threads >= 0,
+             "eval_every, warmup and threads must be >= 0"),
+        ]
+        errors = [message for ok, message in checks if not ok]
+        if errors:
+            raise ValueError("invalid TrainConfig: " + "; ".join(errors))
+
+    @property
+    def total_steps(self) -> int:
+        return self.noise_pretrain_steps + self.steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        _check_keys(data)
+        return cls(**data)
+
+
+def _check_keys(data: dict[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown TrainConfig keys {unknown}; known: {sorted(known)}")
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # For tests: the tiny random model, a few dozen steps, seconds on a laptop core.
+    "tiny": TrainConfig(
+        name="tiny", model="tiny", max_len=32, batch_size=8, steps=30, lr=3e-3, fresh_lr=1e-2,
+        warmup=5, noise_pretrain_steps=0, threads=1, eval_sequences=16, log_every=5,
+        eval_every=10, ckpt_every=10),
+    # This 2-core CPU: MiniLM warm start and the fast path measured in docs/TRAINING.md (frozen
+    # embeddings, bf16 autocast, no dropout, half the data positions in the NCE loss); q is
+    # pre-trained first so that joint training starts from informative noise.
+    "small": TrainConfig(
+        name="small", warm_start=MINILM, max_len=64, batch_size=32, steps=2000, lr=1e-4,
+        fresh_lr=2e-3, warmup=100, noise_pretrain_steps=500, dropout=0.0, data_fraction=0.5,
+        freeze_embeddings=True, amp="bf16", log_every=10, eval_every=250, ckpt_every=250),
+    # A GPU: the paper's base shape and sequence length, from scratch unless warm_start is set.
+    "base": TrainConfig(
+        name="base", model="base", max_len=128, batch_size=256, steps=200_000, lr=2e-4,
+        fresh_lr=2e-4, warmup=10_000, amp="bf16", eval_sequences=1024, log_every=100,
+        eval_every=5000, ckpt_every=5000),
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """The named preset with ``overrides`` applied; unknown names or keys are errors."""
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"unknown training preset {name!r}; choose from {sorted(TRAIN_PRESETS)}")
+    _check_keys(overrides)
+    return dataclasses.replace(TRAIN_PRESETS[name], **overrides)

