@@ -51,12 +51,29 @@ def _train(args: argparse.Namespace) -> int:
     from model_export.train import train
 
     cfg = preset(args.preset, **_parse_overrides(args.set))
-    final = train(cfg, [Path(p) for p in args.corpora], Path(args.run_dir),
-                  Path(args.tokenizer) if args.tokenizer else None)
+    run_dir = Path(args.run_dir)
+    final = train(cfg, [Path(p) for p in args.corpora], run_dir,
+                  _train_tokenizer(args.tokenizer, cfg.warm_start, run_dir))
     print(f"final checkpoint: {final}")
     if args.export:
         _export_checkpoint(final, Path(args.export), args.name, args.variants)
     return 0
+
+
+def _train_tokenizer(given: str | None, warm_start: str, run_dir: Path) -> Path | None:
+    """--tokenizer; else the run's own copy (a resumed run); else the warm start's (None lets
+    train() find it); else, for presets trained from scratch, the bundled MiniLM WordPiece."""
+    from model_export.presets import MINILM
+    from model_export.train import resolve_warm_start
+
+    if given:
+        return Path(given)
+    if (run_dir / "tokenizer.json").is_file():
+        return run_dir / "tokenizer.json"
+    if warm_start:
+        return None
+    bundled = resolve_warm_start(MINILM)
+    return bundled / "tokenizer.json" if bundled else None
 
 
 def _export_checkpoint(checkpoint: Path, out: Path, name: str | None,
@@ -137,7 +154,8 @@ def register(sub: Any) -> None:
     p.add_argument("--preset", default="small", help="training preset: tiny, small or base")
     p.add_argument("--corpora", nargs="+", required=True, help="*.txt or *.txt.gz files")
     p.add_argument("--run-dir", required=True, help="checkpoints and logs; rerun to resume")
-    p.add_argument("--tokenizer", help="tokenizer.json (default: the warm start's)")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the warm start's, else the "
+                                       "bundled all-MiniLM-L6-v2 WordPiece)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset field, e.g. --set steps=2000")
     p.add_argument("--export", help="after training, write an artifact folder here")
