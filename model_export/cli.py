@@ -151,7 +151,8 @@ def _verify(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add the model sub-commands to the ``electric`` parser."""
     p = sub.add_parser("train", help="train an Electric model with NCE (needs the export extra)")
-    p.add_argument("--preset", default="small", help="training preset: tiny, small or base")
+    p.add_argument("--preset", default="small",
+                   help="training preset: tiny, small, small_two_tower or base")
     p.add_argument("--corpora", nargs="+", required=True, help="*.txt or *.txt.gz files")
     p.add_argument("--run-dir", required=True, help="checkpoints and logs; rerun to resume")
     p.add_argument("--tokenizer", help="tokenizer.json (default: the warm start's, else the "
