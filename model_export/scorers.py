@@ -132,13 +132,17 @@ class ArtifactScorer(_BatchedScorer):
                 for row, e in enumerate(encoded)]
 
 
-class TorchEnergyScorer(_BatchedScorer):
-    """``-Σ E`` from an ``Electric`` model's energy network in PyTorch (eval mode, no grad)."""
+class _TorchScorer(_BatchedScorer):
+    """A scorer over an ``Electric`` model in PyTorch (eval mode) with the model's tokenizer."""
 
     def __init__(self, model: Electric, tokenizer_path: Path, max_tokens: int = MAX_BATCH_TOKENS):
         tokenizer = SentenceTokenizer.from_file(tokenizer_path, model.cfg.max_positions)
         super().__init__(tokenizer, model.cfg.pad_id, max_tokens)
         self.model = model.eval()
+
+
+class TorchEnergyScorer(_TorchScorer):
+    """``-Σ E`` from an ``Electric`` model's energy network in PyTorch (eval mode, no grad)."""
 
     def _batch(self, encoded: list[Encoded]) -> list[float]:
         import torch
@@ -150,13 +154,8 @@ class TorchEnergyScorer(_BatchedScorer):
         return (-(e * scored).sum(axis=1)).tolist()
 
 
-class NoisePLLScorer(_BatchedScorer):
+class NoisePLLScorer(_TorchScorer):
     """``Σ_t log q(x_t | x_\\t)`` of the model's two-tower cloze noise model, one pass."""
-
-    def __init__(self, model: Electric, tokenizer_path: Path, max_tokens: int = MAX_BATCH_TOKENS):
-        tokenizer = SentenceTokenizer.from_file(tokenizer_path, model.cfg.max_positions)
-        super().__init__(tokenizer, model.cfg.pad_id, max_tokens)
-        self.model = model.eval()
 
     def _batch(self, encoded: list[Encoded]) -> list[float]:
         import torch
