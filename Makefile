@@ -27,7 +27,7 @@ test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check service model_export tests
+	$(BIN)/ruff check service model_export tests bench
 	$(BIN)/mypy service
 
 clean:

@@ -2,7 +2,8 @@
 
 Serving commands live here. The model commands (train, export, import, verify) belong to
 model_export and are registered from ``model_export.cli``, which imports torch only when one of
-them runs, so a serving install without torch still has a working ``electric serve``.
+them runs, so a serving install without torch still has a working ``electric serve``. The
+benchmarks (``electric bench``) are registered from ``bench.cli`` the same way.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         register(sub)
         register_eval(sub)
+    try:
+        from bench.cli import register as register_bench
+    except ImportError:  # bench/ ships with the source tree, not necessarily with a wheel
+        pass
+    else:
+        register_bench(sub)
     return parser
 
 

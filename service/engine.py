@@ -70,7 +70,7 @@ def choose_variant(requested: VariantChoice, available: Collection[str],
     raise ArtifactError("the artifact lists no variants")
 
 
-def _session_options(intra_op_threads: int) -> ort.SessionOptions:
+def session_options(intra_op_threads: int) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -100,7 +100,7 @@ class OnnxEngine:
     def load(cls, folder: Path, manifest: Manifest, requested: VariantChoice,
              intra_op_threads: int = 0) -> OnnxEngine:
         """Pick a variant and provider, verify the file's sha256, build the session."""
-        opts = _session_options(intra_op_threads)
+        opts = session_options(intra_op_threads)
         if CUDA in ort.get_available_providers():
             variant = choose_variant(requested, manifest.variants, on_gpu=True)
             path = verified_variant_path(folder, manifest, variant)
