@@ -8,6 +8,8 @@ one worker thread, so a session never sees two batches at once.
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections.abc import Collection
 from pathlib import Path
 from typing import Protocol
@@ -70,7 +72,38 @@ def choose_variant(requested: VariantChoice, available: Collection[str],
     raise ArtifactError("the artifact lists no variants")
 
 
+def cpu_budget(cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """CPUs this process may use when something limits it below the machine's core count:
+    a cgroup CPU quota (a container's CPU limit) or an affinity mask; None when nothing does.
+
+    ONNX Runtime sizes its pool from the cores it sees; in a container limited to 2 CPUs on a
+    64-core node it would start 64 threads and spend the quota on contention.
+    """
+    limits = []
+    if hasattr(os, "sched_getaffinity"):
+        limits.append(len(os.sched_getaffinity(0)))
+    quota = period = None
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        fields = (cgroup / "cpu.max").read_text().split()
+        if fields[0] != "max":
+            quota, period = int(fields[0]), int(fields[1])
+    except (OSError, ValueError, IndexError):
+        try:  # cgroup v1: -1 means no quota
+            quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+            period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            pass
+    if quota is not None and period and quota > 0:
+        limits.append(max(1, math.ceil(quota / period)))
+    budget = min(limits, default=None)
+    return budget if budget is not None and budget < (os.cpu_count() or budget + 1) else None
+
+
 def session_options(intra_op_threads: int) -> ort.SessionOptions:
+    """Session options for one batch at a time; ``intra_op_threads`` 0 means the CPU budget
+    (cpu_budget) where one is set, else ORT's default of one thread per physical core."""
+    if intra_op_threads == 0:
+        intra_op_threads = cpu_budget() or 0
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from service.artifact import ArtifactError, load_manifest
-from service.engine import CPU, OnnxEngine, choose_variant, warm_up
+from service.engine import CPU, OnnxEngine, choose_variant, cpu_budget, warm_up
 
 
 @pytest.mark.parametrize("requested, available, on_gpu, expected", [
@@ -52,3 +52,29 @@ def test_a_corrupted_model_file_is_refused(tiny_artifact: Path, tmp_path: Path) 
     model_file.write_bytes(model_file.read_bytes() + b"\0")
     with pytest.raises(ArtifactError, match="sha256"):
         OnnxEngine.load(folder, load_manifest(folder), "fp32")
+
+
+def _cgroup(tmp_path: Path, cpu_max: str) -> Path:
+    (tmp_path / "cpu.max").write_text(cpu_max)
+    return tmp_path
+
+
+def test_cpu_budget_reads_a_container_quota(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert cpu_budget(_cgroup(tmp_path, "250000 100000\n")) == 3  # 2.5 CPUs round up
+    assert cpu_budget(_cgroup(tmp_path, "max 100000\n")) is None  # no limit: ORT decides
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert cpu_budget(_cgroup(tmp_path, "max 100000\n")) == 2  # pinned by taskset/cpuset
+
+
+def test_cpu_budget_reads_cgroup_v1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_budget(tmp_path) == 4
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_budget(tmp_path) is None
