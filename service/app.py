@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import hmac
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from service.engine import EnergyEngine
 from service.errors import (
     ClientGone,
+    InvalidInput,
     NotReady,
     PayloadTooLarge,
     Unauthorized,
@@ -27,7 +30,7 @@ from service.errors import (
     install_error_handlers,
 )
 from service.metrics import CONTENT_TYPE
-from service.middleware import BodyLimit, JsonContentType, RequestMetrics
+from service.middleware import BodyLimit, ConcurrencyLimit, JsonContentType, RequestMetrics
 from service.runtime import Runtime
 from service.schemas import (
     ErrorBody,
@@ -55,6 +58,10 @@ async def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
 def _check_key(request: Request, runtime: Runtime) -> None:
     """With ``ELECTRIC_API_KEYS`` set, /v1 wants ``Authorization: Bearer <key>`` or X-API-Key."""
     keys = runtime.settings.api_keys
@@ -64,10 +71,12 @@ def _check_key(request: Request, runtime: Runtime) -> None:
     auth = request.headers.get("authorization", "")
     if given is None and auth[:7].lower() == "bearer ":
         given = auth[7:].strip()
-    # Compare against every key in constant time: no early exit that would time-leak a match.
-    matches = [hmac.compare_digest((given or "").encode(), key.get_secret_value().encode())
-               for key in keys]
+    # Digests are all 32 bytes, so compare_digest's time says nothing about a key's length,
+    # and every key is compared: no early exit that would time-leak which one matched.
+    presented = _digest(given or "")
+    matches = [hmac.compare_digest(presented, _digest(key.get_secret_value())) for key in keys]
     if given is None or not any(matches):
+        # The message never echoes what was sent: it may be a key for something else.
         raise Unauthorized("missing or unknown API key; send 'Authorization: Bearer <key>'")
 
 
@@ -78,8 +87,17 @@ async def authorized(request: Request) -> Runtime:
     return runtime
 
 
+async def metrics_reader(request: Request) -> Runtime:
+    """The runtime, for a Prometheus scrape: keyed only with ``metrics_require_key``."""
+    runtime = await get_runtime(request)
+    if runtime.settings.metrics_require_key:
+        _check_key(request, runtime)
+    return runtime
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 AuthorizedDep = Annotated[Runtime, Depends(authorized)]
+MetricsReaderDep = Annotated[Runtime, Depends(metrics_reader)]
 
 
 def check_count(count: int, limit: int, what: str) -> None:
@@ -115,9 +133,10 @@ async def unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -
 # What /v1 may answer besides 200, for the OpenAPI document; every body is ErrorBody.
 _REFUSALS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text} for code, text in (
-        (401, "Missing or unknown API key"), (413, "Body, sentence or hypothesis count too large"),
+        (401, "Missing or unknown API key"), (408, "Body not received in time"),
+        (413, "Body, sentence or hypothesis count too large"),
         (422, "Invalid input"), (429, "Queue full; retry after Retry-After seconds"),
-        (500, "Inference failed"), (503, "Not ready or draining"),
+        (500, "Inference failed"), (503, "Not ready, draining or engine failing"),
         (504, "Deadline passed"))}
 
 # Every /v1 route takes AuthorizedDep, which checks the API key. One dependency per route on
@@ -132,6 +151,10 @@ async def score(body: ScoreRequest, request: Request, runtime: AuthorizedDep) ->
     check_count(len(body.sentences), runtime.settings.max_sentences, "sentences")
     with runtime.admitted():
         encoded = await runtime.encode(body.sentences, body.truncate)
+        for i, e in enumerate(encoded):
+            if not e.num_tokens:  # e.g. only zero-width or combining characters
+                raise InvalidInput(f"sentences[{i}] has no tokens once normalised; /v1/score "
+                                   "needs at least one")
         results = await unless_client_leaves(request, runtime.score(encoded))
     return ScoreResponse(model=runtime.manifest.name, results=results)
 
@@ -186,25 +209,32 @@ async def model(runtime: AuthorizedDep) -> ModelInfo:
 probes = APIRouter()
 
 
-@probes.get("/healthz")
+_PROBE_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {"model": Status, "description": "Alive or ready"},
+    503: {"model": ErrorBody, "description": "Not alive or not ready; the message says why"}}
+
+
+@probes.get("/healthz", responses=_PROBE_ANSWERS)
 async def healthz(runtime: RuntimeDep) -> Response:
     """Liveness: the process answers and its batcher has not died."""
     if not runtime.alive:
-        return JSONResponse(error_body("not_alive", f"the service is {runtime.phase.value}"), 503)
+        return JSONResponse(error_body("not_alive", f"the service is {runtime.state}"), 503)
     return JSONResponse(Status(status="ok").model_dump())
 
 
-@probes.get("/readyz")
+@probes.get("/readyz", responses=_PROBE_ANSWERS)
 async def readyz(runtime: RuntimeDep) -> Response:
-    """Readiness: loaded, warmed up, not draining. Not counted as a rejection when 503."""
-    if not runtime.ready:
-        return JSONResponse(
-            error_body(NotReady.type, f"the service is {runtime.phase.value}"), 503)
+    """Readiness: loaded, warmed up, not draining, engine not failing. Not counted as a
+    rejection when 503."""
+    if not await runtime.readiness():
+        return JSONResponse(error_body(NotReady.type, f"the service is {runtime.state}"), 503)
     return JSONResponse(Status(status="ready").model_dump())
 
 
-@probes.get("/metrics")
-async def metrics(runtime: RuntimeDep) -> Response:
+@probes.get("/metrics", response_class=PlainTextResponse, responses={401: {
+    "description": "Missing or unknown API key (with metrics_require_key)",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}})
+async def metrics(runtime: MetricsReaderDep) -> Response:
     """Prometheus text format."""
     return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
 
@@ -215,8 +245,8 @@ def build_app(runtime: Runtime) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        await runtime.start()
         try:
+            await runtime.start()  # an ArtifactError here fails start-up, as it should
             yield {"runtime": runtime}
         finally:
             await runtime.close()
@@ -225,14 +255,24 @@ def build_app(runtime: Runtime) -> FastAPI:
                   summary="Per-token energies, sentence scores and n-best re-ranking with an "
                           "Electric energy model (Clark et al. 2020).",
                   lifespan=lifespan)
+    settings = runtime.settings
     install_error_handlers(app, runtime.metrics.reject)
     app.include_router(v1)
     app.include_router(probes)
+    # Each add_middleware wraps what is already there: the last added runs first.
     app.add_middleware(JsonContentType)
-    app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes,
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
+                       timeout_s=settings.request_timeout_s, metrics=runtime.metrics)
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests,
                        metrics=runtime.metrics)
-    # Added last, so outermost: it also counts what BodyLimit refuses.
-    app.add_middleware(RequestMetrics, metrics=runtime.metrics)
+    if settings.cors_origins:
+        # Outside the limits, so that a browser can read their refusals (and Retry-After).
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+            expose_headers=["Retry-After"], max_age=600)
+    # Outermost: it also counts and logs what the limits refuse.
+    app.add_middleware(RequestMetrics, metrics=runtime.metrics, access_log=settings.access_log)
     return app
 
 

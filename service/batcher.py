@@ -5,7 +5,8 @@ Requests add their sequences to the queue and await a future. The loop takes the
 its rows. While a batch runs, new work piles up, so the next batch is large exactly when the
 service is busy; when the queue is empty the loop sleeps on an event, never on a timer.
 Futures are only touched on the loop thread, and a future that is already done (its client
-left, its deadline passed) is skipped, never an error.
+left, its deadline passed) is skipped, never an error. An engine error fails the batch it hit
+and nothing else; a row of non-finite energies fails the request holding it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from service.metrics import Metrics
 logger = logging.getLogger("electric.service")
 
 Energies = NDArray[np.float32]
+
+# Consecutive failed batches after which the engine counts as failing (readiness turns 503
+# until a batch succeeds). One bad batch can be one bad input; three in a row rarely are.
+FAILING_AFTER = 3
 
 
 @dataclass(eq=False)
@@ -73,6 +78,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._closed = False
         self._rate = 0.0  # sequences per second, smoothed; sizes Retry-After
+        self._failures = 0  # batches failed in a row
         self._task: asyncio.Task[None] | None = None
         # One thread: the engine runs one batch at a time and uses its own intra-op threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="electric-engine")
@@ -84,6 +90,11 @@ class Batcher:
     @property
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    @property
+    def failing(self) -> bool:
+        """The last FAILING_AFTER batches all failed: the engine, not an input, is broken."""
+        return self._failures >= FAILING_AFTER
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="electric-batcher")
@@ -183,6 +194,8 @@ class Batcher:
         except Exception:
             # Only this batch's requests fail; the loop and the queue carry on.
             logger.exception("inference failed on a batch of %s", ids.shape)
+            self._failures += 1
+            self._metrics.inference_failures.labels(kind="batch_error").inc()
             for seq in batch:
                 seq.job.fail(InferenceFailed("inference failed on the batch holding this request"))
             return
@@ -190,9 +203,18 @@ class Batcher:
             elapsed = loop.time() - start
             self._metrics.observe_batch(len(batch), int(mask.sum()), padded_cost(
                 [len(s.ids) for s in batch]), elapsed)
+        self._failures = 0
         self._rate = 0.8 * self._rate + 0.2 * len(batch) / max(elapsed, 1e-6)
         for row, seq in enumerate(batch):
-            seq.job.deliver(seq.slot, energies[row, :len(seq.ids)])
+            energies_row = energies[row, :len(seq.ids)]  # (T,) padding cut off
+            if np.isfinite(energies_row).all():
+                seq.job.deliver(seq.slot, energies_row)
+                continue
+            # A score of inf or NaN is no answer, and JSON cannot carry it anyway.
+            logger.error("the engine returned non-finite energies for a row of %s", ids.shape)
+            self._metrics.inference_failures.labels(kind="non_finite_row").inc()
+            seq.job.fail(InferenceFailed("the model returned non-finite energies for a "
+                                         "sentence of this request"))
 
     def _retry_after(self) -> int:
         """Seconds until the queue has likely drained, from the recent batch throughput."""

@@ -6,6 +6,7 @@
     ├── InvalidInput             422  empty text, too many tokens, bad numbers
     ├── Unauthorized             401  missing or wrong API key
     ├── PayloadTooLarge          413  body, sentence count or hypothesis count over its limit
+    ├── BodyTimeout              408  the body did not arrive in time (a stalled client)
     ├── Overloaded               429  queue full (carries Retry-After)
     ├── InferenceFailed          500  the engine raised on the batch holding this request
     ├── NotReady                 503  loading, warming up or draining
@@ -18,6 +19,7 @@ and the limit; internals (paths, stack traces) stay in the server log.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +27,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+
+from service.schemas import UNION_TAGS
 
 
 class ServiceError(Exception):
@@ -53,6 +57,10 @@ class Unauthorized(ServiceError):
 
 class PayloadTooLarge(ServiceError):
     type = "payload_too_large"
+
+
+class BodyTimeout(ServiceError):
+    type = "request_timeout"
 
 
 class Overloaded(ServiceError):
@@ -86,6 +94,7 @@ STATUS: dict[type[ServiceError], int] = {
     InvalidInput: 422,
     Unauthorized: 401,
     PayloadTooLarge: 413,
+    BodyTimeout: 408,
     Overloaded: 429,
     InferenceFailed: 500,
     NotReady: 503,
@@ -97,6 +106,7 @@ STATUS: dict[type[ServiceError], int] = {
 # Router refusals (unknown path, wrong method) in the same shape.
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed"}
 _MAX_LISTED = 5
+_MAX_QUOTED = 40
 
 
 def error_body(type_: str, message: str) -> dict[str, Any]:
@@ -117,24 +127,59 @@ def error_response(exc: ServiceError) -> JSONResponse:
 
 
 def _location(loc: tuple[Any, ...]) -> str:
-    """``('body', 'sentences', 3)`` -> ``sentences[3]``: the path a client wrote."""
+    """``('body', 'sentences', 3)`` -> ``sentences[3]``: the path a client wrote (union tags,
+    which pydantic puts in the path, left out)."""
     out = ""
     for part in loc[1:] if loc and loc[0] == "body" else loc:
+        if part in UNION_TAGS:
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "body"
 
 
+def _shown(value: Any) -> str | None:
+    """A scalar input as the message may quote it (the client's own value, cut short)."""
+    if isinstance(value, bool | int | float) or value is None:
+        return repr(value) if not isinstance(value, bool) else str(value).lower()
+    if isinstance(value, str):
+        # ascii(): control characters and lone surrogates show as escapes, never raw.
+        return ascii(value if len(value) <= _MAX_QUOTED else value[:_MAX_QUOTED] + "...")
+    return None
+
+
 def validation_message(errors: list[dict[str, Any]]) -> str:
-    """Pydantic's errors as one line; its messages already name the limit that was crossed."""
+    """Pydantic's errors as one line: where, what rule (its messages name the limit), and the
+    value the client sent when it is a scalar."""
     parts = []
     for err in errors[:_MAX_LISTED]:
         if err.get("type") == "json_invalid":
-            parts.append(f"body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})")
-        else:
-            parts.append(f"{_location(tuple(err.get('loc', ())))}: {err.get('msg', 'invalid')}")
+            loc = tuple(err.get("loc", ()))
+            reason = str(err.get("ctx", {}).get("error", "parse error")).removesuffix(" at")
+            where = f" at character {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
+            parts.append(f"body is not valid JSON ({reason}{where})")
+            continue
+        part = f"{_location(tuple(err.get('loc', ())))}: {err.get('msg', 'invalid')}"
+        shown = _shown(err.get("input")) if "input" in err else None
+        if shown is not None and err.get("type") != "missing":
+            part += f" (got {shown})"
+        parts.append(part)
     if len(errors) > _MAX_LISTED:
         parts.append(f"and {len(errors) - _MAX_LISTED} more")
     return "; ".join(parts)
+
+
+def unparsable_body(cause: BaseException | None) -> str | None:
+    """Why a body could not be read as JSON, for what ``json.loads`` raises besides
+    JSONDecodeError (FastAPI turns those into a bare 400); None for anything else."""
+    if isinstance(cause, UnicodeDecodeError):
+        return (f"body is not UTF-8 (byte {cause.object[cause.start]:#04x} at offset "
+                f"{cause.start})")
+    if isinstance(cause, RecursionError):
+        return (f"body nests JSON arrays or objects deeper than the parser allows (about "
+                f"{sys.getrecursionlimit()} levels)")
+    if isinstance(cause, ValueError):  # an integer literal past Python's 4300-digit limit
+        return f"body is not valid JSON ({cause})"
+    return None
 
 
 def install_error_handlers(app: FastAPI, on_refusal: Callable[[str], None]) -> None:
@@ -153,6 +198,10 @@ def install_error_handlers(app: FastAPI, on_refusal: Callable[[str], None]) -> N
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
+        problem = unparsable_body(exc.__cause__) if exc.status_code == 400 else None
+        if problem is not None:
+            on_refusal(InvalidInput.type)
+            return JSONResponse(error_body(InvalidInput.type, problem), status_code=422)
         type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
         return JSONResponse(error_body(type_, str(exc.detail)), status_code=exc.status_code,
                             headers=exc.headers)

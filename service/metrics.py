@@ -20,7 +20,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 BATCH_TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 REJECTION_REASONS = ("invalid_input", "unauthorized", "payload_too_large", "overloaded",
-                     "inference_failed", "not_ready", "deadline_exceeded", "client_gone")
+                     "inference_failed", "not_ready", "deadline_exceeded", "client_gone",
+                     "request_timeout")
+FAILURE_KINDS = ("batch_error", "non_finite_row")
 
 
 class Metrics:
@@ -54,6 +56,11 @@ class Metrics:
             "electric_tokens_scored", "Tokens that got an energy in a response.", registry=r)
         self.rejections = Counter(
             "electric_rejections", "Requests refused, by reason.", ["reason"], registry=r)
+        self.inference_failures = Counter(
+            "electric_inference_failures",
+            "Inference failures: batches the engine raised on (kind=batch_error) and rows it "
+            "returned non-finite energies for (kind=non_finite_row); their requests got 500.",
+            ["kind"], registry=r)
         self.model_info = Gauge(
             "electric_model_info", "The model being served (value is always 1).",
             ["name", "variant", "provider"], registry=r)
@@ -61,6 +68,8 @@ class Metrics:
             self.rejections.labels(reason=reason)
         for kind in ("real", "padded"):
             self.batch_tokens.labels(kind=kind)
+        for kind in FAILURE_KINDS:
+            self.inference_failures.labels(kind=kind)
 
     def reject(self, reason: str) -> None:
         self.rejections.labels(reason=reason if reason in REJECTION_REASONS else "other").inc()

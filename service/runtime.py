@@ -14,11 +14,11 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from service.artifact import Manifest, load_manifest
+from service.artifact import ArtifactError, Manifest, load_manifest
 from service.batcher import Batcher
 from service.batching import BatchLimits, resolve_limits
 from service.engine import CUDA, EnergyEngine, OnnxEngine, warm_up
-from service.errors import NotReady
+from service.errors import NotReady, ServiceError
 from service.metrics import Metrics
 from service.schemas import SentenceScore
 from service.scoring import EMPTY, Weights, sentence_score
@@ -30,6 +30,8 @@ logger = logging.getLogger("electric.service")
 # Up to this many characters a request is tokenized on the event loop: ~100 µs of work, about
 # what the hop to a worker thread and back costs (measured with the MiniLM tokenizer).
 _INLINE_CHARS = 256
+# How long /readyz waits for its probe batch, well inside a kubelet probe's default 1 s.
+_PROBE_TIMEOUT_S = 0.8
 
 
 class Phase(enum.Enum):
@@ -86,7 +88,34 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        return self.phase is Phase.READY and self._batcher is not None and self._batcher.alive
+        """Loaded, warmed up, not draining, and the engine not failing batch after batch."""
+        batcher = self._batcher
+        return (self.phase is Phase.READY and batcher is not None and batcher.alive
+                and not batcher.failing)
+
+    async def readiness(self) -> bool:
+        """``ready``, asking the engine when it has been failing: one tiny batch, so that a
+        replica whose fault has passed turns ready again although no traffic reaches it."""
+        batcher = self._batcher
+        if self.phase is not Phase.READY or batcher is None or not batcher.failing:
+            return self.ready
+        probe = self.tokenizer.encode([""], truncate=False)[0].ids  # [CLS] [SEP]
+        try:
+            await batcher.score([probe], _PROBE_TIMEOUT_S)
+        except ServiceError:
+            return False
+        return self.ready
+
+    @property
+    def state(self) -> str:
+        """The phase in words, for refusals and probes: names what a dashboard cannot see."""
+        batcher = self._batcher
+        if self.phase is Phase.READY and batcher is not None:
+            if not batcher.alive:
+                return "stopped (its batching loop died)"
+            if batcher.failing:
+                return "failing (the engine failed its last batches)"
+        return self.phase.value
 
     @property
     def alive(self) -> bool:
@@ -106,7 +135,7 @@ class Runtime:
     def admitted(self) -> Iterator[None]:
         """Hold a place among the requests a drain waits for; 503 unless ready."""
         if not self.ready:
-            raise NotReady(f"the service is {self.phase.value}, not ready for requests")
+            raise NotReady(f"the service is {self.state}, not ready for requests")
         self._admitted += 1
         self._quiet.clear()
         try:
@@ -142,7 +171,12 @@ class Runtime:
         """Load the artifact (in a thread: hashing and session creation take seconds), start
         the batcher, and warm up in the background so /healthz answers meanwhile."""
         self.settings.log()
-        await asyncio.to_thread(self._load)
+        try:
+            await asyncio.to_thread(self._load)
+        except ArtifactError as exc:
+            self.phase = Phase.FAILED
+            logger.error("cannot serve %s: %s", self.settings.artifact, exc)
+            raise
         engine, manifest, s = self.engine, self.manifest, self.settings
         provider = engine.providers[0] if engine.providers else "unknown"
         self.limits = resolve_limits(provider == CUDA, s.max_batch_tokens, s.max_batch_size,
@@ -159,12 +193,23 @@ class Runtime:
             self._warm_up(self.limits.max_batch_tokens))
 
     def _load(self) -> None:
+        """Everything that can be wrong with an artifact surfaces here as an ArtifactError
+        with the reason, so start-up fails with one clear line rather than a library's."""
         folder = self.settings.artifact
         manifest = load_manifest(folder)
         max_length = manifest.architecture.max_positions
-        self._tokenizer = SentenceTokenizer.from_file(folder / manifest.tokenizer.file, max_length)
-        self._engine = self._injected or OnnxEngine.load(
-            folder, manifest, self.settings.variant, self.settings.intra_op_threads)
+        path = folder / manifest.tokenizer.file
+        try:
+            self._tokenizer = SentenceTokenizer.from_file(path, max_length)
+        except Exception as exc:  # tokenizers raises bare Exceptions on a bad file
+            raise ArtifactError(f"{path} is not a usable tokenizers file: {exc}") from exc
+        try:
+            self._engine = self._injected or OnnxEngine.load(
+                folder, manifest, self.settings.variant, self.settings.intra_op_threads)
+        except ArtifactError:
+            raise
+        except Exception as exc:  # ORT's InvalidProtobuf, Fail, ... on a corrupt model file
+            raise ArtifactError(f"ONNX Runtime cannot load the model in {folder}: {exc}") from exc
         self._manifest = manifest
 
     async def _warm_up(self, max_batch_tokens: int) -> None:

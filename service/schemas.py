@@ -1,21 +1,57 @@
 """Request and response bodies of the HTTP API (v1).
 
-Shape rules (types, non-empty text, finite numbers) live here and give 422. Size limits that
-depend on the deployment (sentences per request, hypotheses per request) come from Settings and
-give 413; the handlers check them on admission.
+Shape rules (types, text a tokenizer can take, non-empty lists, bounded numbers) live here and
+give 422. Size limits that depend on the deployment (sentences per request, hypotheses per
+request) come from Settings and give 413; the handlers check them on admission.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    FiniteFloat,
+    Tag,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
+
+# Bounds that keep every combined score finite: with them, base + lm_weight * score +
+# length_bonus * num_tokens cannot overflow a float64 whatever the model returns (energies are
+# finite float32). They are orders of magnitude past any tuned value (service/tuning.py).
+MAX_BASE_SCORE = 1e9
+MAX_LM_WEIGHT = 1e6
+MAX_LENGTH_BONUS = 1e6
+MAX_ID_CHARS = 256
+
+# C0 and C1 control characters other than tab, newline and carriage return, and lone
+# surrogates (JSON's "\ud800" escapes): no tokenizer input, and a surrogate cannot even be
+# encoded back to UTF-8 for the response.
+_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class _Request(BaseModel):
-    # A misspelt field ("sentence", "lmweight") is an error, not a silent default.
-    model_config = ConfigDict(extra="forbid")
+    # A misspelt field ("sentence", "lmweight") is an error, not a silent default; strict, so
+    # that "truncate": "no" or "lm_weight": "0.5" is refused rather than guessed at.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _plain(text: str) -> str:
+    bad = _UNSAFE.search(text)
+    if bad is not None:
+        char = bad.group()
+        kind = "lone surrogate" if "\ud800" <= char <= "\udfff" else "control character"
+        raise PydanticCustomError(
+            "unsafe_text", "{kind} U+{code} at character {at}; text may hold no control "
+            "characters besides tab, newline and carriage return, and must be valid Unicode",
+            {"kind": kind, "code": f"{ord(char):04X}", "at": bad.start()})
+    return text
 
 
 def _not_blank(text: str) -> str:
@@ -26,7 +62,33 @@ def _not_blank(text: str) -> str:
     return text
 
 
-NonBlank = Annotated[str, AfterValidator(_not_blank)]
+# The control-character rule in the OpenAPI document, for clients and schema-driven tests
+# (lone surrogates are no Unicode text, so a JSON Schema pattern cannot name them).
+_PLAIN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
+Text = Annotated[str, AfterValidator(_plain), Field(json_schema_extra={"pattern": _PLAIN})]
+NonBlank = Annotated[str, AfterValidator(_plain), AfterValidator(_not_blank),
+                     Field(json_schema_extra={"pattern": _PLAIN, "minLength": 1})]
+
+
+def _form(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "string-form"
+    if isinstance(value, dict | BaseModel):
+        return "object-form"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "integer-form"
+    return None
+
+
+# The tags of the unions below. A discriminator makes pydantic try one member, so a refusal
+# names one problem; errors.py leaves the tags out of the location it shows a client.
+UNION_TAGS = frozenset({"string-form", "object-form", "integer-form"})
+
+ListId = Annotated[
+    Annotated[str, Field(max_length=MAX_ID_CHARS), AfterValidator(_plain), Tag("string-form")]
+    | Annotated[int, Field(ge=-(2**63), le=2**63 - 1), Tag("integer-form")],
+    Discriminator(_form, custom_error_type="id_type",
+                  custom_error_message="an id is a string or a 64-bit integer")]
 
 
 class ScoreRequest(_Request):
@@ -37,30 +99,41 @@ class ScoreRequest(_Request):
 
 
 class TokenizeRequest(_Request):
-    sentences: list[str] = Field(min_length=1)
+    sentences: list[Text] = Field(min_length=1)
     truncate: bool = Field(default=False, description="Show the tokens the model would see.")
 
 
 class Hypothesis(_Request):
-    text: str
+    text: Text
     score: FiniteFloat = Field(
-        default=0.0, description="The recogniser's or translator's own log-domain score.")
+        default=0.0, ge=-MAX_BASE_SCORE, le=MAX_BASE_SCORE,
+        description="The recogniser's or translator's own log-domain score.")
+
+
+HypothesisItem = Annotated[
+    Annotated[Text, Tag("string-form")] | Annotated[Hypothesis, Tag("object-form")],
+    Discriminator(_form, custom_error_type="hypothesis_type",
+                  custom_error_message='a hypothesis is a string or an object '
+                                       '{"text": ..., "score": ...}')]
 
 
 class HypothesisList(_Request):
-    id: str | int | None = Field(default=None, description="Echoed back, to match lists up.")
-    hypotheses: list[str | Hypothesis]
+    id: ListId | None = Field(default=None, description="Echoed back, to match lists up.")
+    hypotheses: list[HypothesisItem] = Field(
+        min_length=1, description='An empty recogniser output is the hypothesis "".')
 
 
 class RerankRequest(_Request):
     """Exactly one of ``hypotheses`` (one n-best list) or ``lists`` (several)."""
 
-    hypotheses: list[str | Hypothesis] | None = None
+    hypotheses: list[HypothesisItem] | None = Field(default=None, min_length=1)
     lists: list[HypothesisList] | None = Field(default=None, min_length=1)
     lm_weight: FiniteFloat | None = Field(
-        default=None, description="Weight of the Electric score; default from the manifest.")
+        default=None, ge=0.0, le=MAX_LM_WEIGHT,
+        description="Weight of the Electric score; default from the manifest.")
     length_bonus: FiniteFloat | None = Field(
-        default=None, description="Added per token; default from the manifest.")
+        default=None, ge=-MAX_LENGTH_BONUS, le=MAX_LENGTH_BONUS,
+        description="Added per token; default from the manifest.")
     truncate: bool = False
 
     @model_validator(mode="after")

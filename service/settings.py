@@ -44,8 +44,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log verbosity of the service and of uvicorn."""
     access_log: bool = False
-    """One log line per request. Off by default: at thousands of requests per second it costs
-    throughput, and /metrics already counts requests by route and status."""
+    """One JSON line per request on the ``electric.access`` logger: time, client address,
+    method, path, status, duration, bytes in and out; never a body, a query string or a header.
+    Off by default: at thousands of requests per second it costs throughput, and /metrics
+    already counts requests by route and status."""
 
     max_batch_tokens: int | None = Field(default=None, ge=1)
     """Padded cost budget of one batch (sequences × longest sequence). Unset: 1024 on a CPU
@@ -69,9 +71,13 @@ class Settings(BaseSettings):
     """Most hypotheses one /v1/rerank request may carry, summed over its lists (413 above)."""
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     """Largest request body in bytes (413 above); bounds the work a single request can ask."""
+    max_concurrent_requests: int = Field(default=512, ge=1)
+    """POST requests handled at once (read, tokenized, queued or running); more get 429 before
+    their body is read. With ``max_body_bytes`` it bounds the memory requests can hold."""
     request_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     """Deadline from admission to answer. Work still queued past it is dropped and the client
-    gets 504, so an overloaded replica sheds load instead of answering stale requests."""
+    gets 504, so an overloaded replica sheds load instead of answering stale requests. A body
+    must also arrive within it (408 otherwise), so a stalled client cannot hold a slot."""
     drain_timeout_s: float = Field(default=20.0, ge=0, le=3600)
     """On SIGTERM, how long to keep working through admitted requests before exiting. Keep it
     under the pod's terminationGracePeriodSeconds."""
@@ -80,13 +86,20 @@ class Settings(BaseSettings):
     pay for allocator growth and kernel selection."""
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     """Comma-separated keys; when set, /v1/* requires ``Authorization: Bearer <key>`` (or
-    ``X-API-Key``). Probes and /metrics stay open for the cluster."""
+    ``X-API-Key``). The probes stay open for the cluster, /metrics unless
+    ``metrics_require_key``."""
+    metrics_require_key: bool = False
+    """With API keys set, make /metrics want one too. Off by default: Prometheus usually
+    scrapes from inside the cluster, where a NetworkPolicy is the simpler guard."""
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated origins (``https://app.example.com``, or ``*``) whose browser pages may
+    call the API. Empty (the default): no CORS headers, so browsers keep other sites out."""
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
-    def _split_keys(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [key.strip() for key in value.split(",") if key.strip()]
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
     @model_validator(mode="after")

@@ -2,16 +2,22 @@
 readers for the error shape and Prometheus text.
 
 The fake engine gives each token the energy ``(id % 7) / 7`` so scores are exact and
-independent of batching; it can block on a gate (to hold a batch "running") and raise on a
-poison token (to inject a fault).
+independent of batching; it can block on a gate (to hold a batch "running"), take a fixed time
+per batch (to bound throughput), raise on a poison token or on the next N batches (to inject
+faults) and return NaN for rows holding a given token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,12 +31,17 @@ FAKE_MAX_POSITIONS = 32
 
 
 class FakeEngine:
-    """Plumbing only: energies from token ids, optional gate and poison token."""
+    """Plumbing only: energies from token ids; optional gate, delay and injected faults."""
 
-    def __init__(self, poison_id: int | None = None, gated: bool = False):
+    def __init__(self, poison_id: int | None = None, gated: bool = False,
+                 delay_s: float = 0.0, nan_id: int | None = None):
         self.variant = "fp32"
         self.providers = ["FakeExecutionProvider"]
         self.poison_id = poison_id
+        self.nan_id = nan_id
+        self.delay_s = delay_s
+        self.failures_left = 0
+        """Batches still to fail, whatever they hold (a broken device, not a bad input)."""
         self.gate = threading.Event()
         if not gated:
             self.gate.set()
@@ -41,9 +52,17 @@ class FakeEngine:
         self.shapes.append((int(ids.shape[0]), int(ids.shape[1])))
         self.entered.set()
         assert self.gate.wait(timeout=30), "test never opened the gate"
+        if self.delay_s:
+            time.sleep(self.delay_s)  # the engine thread, as a real model would hold it
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            raise RuntimeError("injected device fault")
         if self.poison_id is not None and (ids == self.poison_id).any():
             raise RuntimeError("injected engine fault")
-        return ((ids % 7) / 7.0 * mask).astype(np.float32)
+        energies = ((ids % 7) / 7.0 * mask).astype(np.float32)  # (B, T)
+        if self.nan_id is not None:
+            energies[(ids == self.nan_id).any(axis=1)] = np.nan
+        return energies
 
     @staticmethod
     def expected_score(ids: list[int]) -> float:
@@ -85,6 +104,46 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, "condition never held"
         await asyncio.sleep(0.01)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A server process running the fake engine; a line on its stdin opens the engine's gate.
+SERVE_GATED = """
+import sys, threading
+from harness import FakeEngine
+from service.server import run
+engine = FakeEngine(gated=True)
+threading.Thread(target=lambda: (sys.stdin.readline(), engine.gate.set()), daemon=True).start()
+run(engine=engine)
+"""
+
+
+def server_env(artifact: Path, port: int, **extra: str) -> dict[str, str]:
+    """Environment for ``python -c SERVE_GATED`` (or ``run()``) in the repository root."""
+    return {**os.environ, "ELECTRIC_ARTIFACT": str(artifact), "ELECTRIC_PORT": str(port),
+            "ELECTRIC_LOG_LEVEL": "warning", "ELECTRIC_WARMUP": "false",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).parent)]), **extra}
+
+
+async def wait_ready(client: httpx.AsyncClient, proc: subprocess.Popen[bytes]) -> None:
+    """Until the server process answers /readyz with 200 (it has 30 s)."""
+    for _ in range(300):
+        assert proc.poll() is None, "the server exited during start-up"
+        try:
+            if (await client.get("/readyz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("the server never turned ready")
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on (for a server subprocess)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def error_of(response: httpx.Response) -> tuple[int, str]:

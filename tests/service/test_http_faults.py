@@ -1,4 +1,5 @@
-"""Refusal paths over HTTP with a fake engine: 429, 504, 503, 500, 401, client gone.
+"""Refusal paths over HTTP with a fake engine: 429, 504, 503, 500, client gone; engine faults
+and broken artifacts. (API keys and the other access rules: test_security.py.)
 
 A gated fake engine holds a batch "running" for as long as a test needs, so queue states are
 set up by events, not by sleeping and hoping.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import pytest
 from harness import FakeEngine, error_of, eventually, metric_value, running_app, serving
 from tokenizers import Tokenizer
 
+from service.artifact import ArtifactError, sha256_file
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -142,37 +146,86 @@ def test_engine_fault_fails_only_its_batch(fake_settings: MakeSettings,
     async def scenario() -> None:
         engine = FakeEngine(poison_id=poison)
         async with serving(Runtime(fake_settings(max_batch_size=1), engine)) as client:
-            poisoned, healthy = await asyncio.gather(
-                client.post("/v1/score", json={"sentences": ["9"]}),
-                client.post("/v1/score", json={"sentences": ["the cat"]}))
-            assert error_of(poisoned) == (500, "inference_failed")
-            assert "injected" not in poisoned.text, "internals stay in the log"
-            assert healthy.status_code == 200
-            again = await client.post("/v1/rerank", json={"hypotheses": ["the dog", ""]})
-            assert again.status_code == 200
+            for round_ in range(5):  # a fault, then healthy batches, again and again
+                poisoned, healthy = await asyncio.gather(
+                    client.post("/v1/score", json={"sentences": ["9"]}),
+                    client.post("/v1/score", json={"sentences": ["the cat"]}))
+                assert error_of(poisoned) == (500, "inference_failed")
+                assert "injected" not in poisoned.text, "internals stay in the log"
+                assert healthy.status_code == 200, round_
+                again = await client.post("/v1/rerank", json={"hypotheses": ["the dog", ""]})
+                assert again.status_code == 200
+                # One failed batch is one bad input, not a broken engine: still ready.
+                assert (await client.get("/readyz")).status_code == 200
+            metrics = (await client.get("/metrics")).text
+            assert metric_value(metrics, "electric_inference_failures_total",
+                                kind="batch_error") == 5
+            assert metric_value(metrics, "electric_requests_total", endpoint="/v1/score",
+                                status="500") == 5
 
     asyncio.run(scenario())
 
 
-def test_api_keys_guard_v1_but_not_probes(fake_settings: MakeSettings) -> None:
+def test_a_failing_engine_turns_not_ready_until_a_probe_batch_succeeds(
+        fake_settings: MakeSettings) -> None:
+    """Three failed batches in a row: /readyz 503 and new work 503 (another replica can take
+    it); each /readyz then tries one tiny batch, and the first that succeeds makes it ready."""
     async def scenario() -> None:
-        settings = fake_settings(api_keys="k1,k2")
-        async with serving(Runtime(settings, FakeEngine())) as client:
-            body = {"sentences": ["a"]}
-            for path, payload in (("/v1/score", body), ("/v1/tokenize", body),
-                                  ("/v1/rerank", {"hypotheses": ["a"]})):
-                assert error_of(await client.post(path, json=payload)) == (401, "unauthorized")
-            assert error_of(await client.get("/v1/model")) == (401, "unauthorized")
-            wrong = await client.post("/v1/score", json=body, headers={"x-api-key": "k3"})
-            assert error_of(wrong) == (401, "unauthorized")
-            assert wrong.headers["www-authenticate"] == "Bearer"
-            ok = await client.post("/v1/score", json=body, headers={"authorization": "Bearer k2"})
-            assert ok.status_code == 200
-            assert (await client.get("/v1/model", headers={"x-api-key": "k1"})).status_code == 200
-            for probe in ("/healthz", "/readyz", "/metrics"):
-                assert (await client.get(probe)).status_code == 200
+        engine = FakeEngine()
+        runtime = Runtime(fake_settings(), engine)
+        async with serving(runtime) as client:
+            engine.failures_left = 5  # a device that fails 5 batches, then recovers
+            for _ in range(3):
+                failed = await client.post("/v1/score", json={"sentences": ["the cat"]})
+                assert error_of(failed) == (500, "inference_failed")
+            for _ in range(2):  # batches 4 and 5: the probes fail
+                probe = await client.get("/readyz")
+                assert error_of(probe) == (503, "not_ready") and "failing" in probe.text
+            refused = await client.post("/v1/score", json={"sentences": ["the cat"]})
+            assert error_of(refused) == (503, "not_ready") and "failing" in refused.text
+            assert (await client.get("/healthz")).status_code == 200, "no restart needed"
+            assert (await client.get("/readyz")).status_code == 200  # the probe succeeded
+            served = await client.post("/v1/score", json={"sentences": ["the cat", "a dog"]})
+            assert served.status_code == 200
+            metrics = (await client.get("/metrics")).text
+            assert metric_value(metrics, "electric_inference_failures_total",
+                                kind="batch_error") == 5
 
     asyncio.run(scenario())
+
+
+def test_non_finite_energies_fail_only_the_request_holding_them(
+        fake_settings: MakeSettings, tiny_tokenizer_path: Path) -> None:
+    nan_id = Tokenizer.from_file(str(tiny_tokenizer_path)).token_to_id("9")
+
+    async def scenario() -> None:
+        engine = FakeEngine(gated=True, nan_id=nan_id)
+        async with serving(Runtime(fake_settings(), engine)) as client:
+            first = asyncio.ensure_future(client.post("/v1/score", json={"sentences": ["a"]}))
+            await until_running(engine)
+            # All three queue behind the stalled batch, so they share the next one.
+            bad = asyncio.ensure_future(client.post("/v1/score", json={"sentences": ["9 9"]}))
+            good = asyncio.ensure_future(client.post("/v1/score", json={"sentences": ["a b"]}))
+            ranked = asyncio.ensure_future(client.post("/v1/rerank",
+                                                       json={"hypotheses": ["the cat"]}))
+            await eventually(lambda: _depth_is(client, 3))
+            engine.gate.set()
+            assert (await first).status_code == 200
+            assert error_of(await bad) == (500, "inference_failed")
+            assert "non-finite" in (await bad).text
+            assert (await good).status_code == 200 and (await ranked).status_code == 200
+            assert engine.shapes[1] == (3, 4), "one batch held all three texts"
+            metrics = (await client.get("/metrics")).text
+            assert metric_value(metrics, "electric_inference_failures_total",
+                                kind="non_finite_row") == 1
+            assert metric_value(metrics, "electric_inference_failures_total",
+                                kind="batch_error") == 0
+
+    asyncio.run(scenario())
+
+
+async def _depth_is(client: httpx.AsyncClient, depth: int) -> bool:
+    return metric_value((await client.get("/metrics")).text, "electric_queue_depth") == depth
 
 
 def test_a_client_that_leaves_gets_its_work_dropped(fake_settings: MakeSettings) -> None:
@@ -217,5 +270,116 @@ def test_a_client_that_leaves_gets_its_work_dropped(fake_settings: MakeSettings)
             assert engine.shapes == [(1, 3)], "the departed client's sentences never ran"
             metrics = (await client.get("/metrics")).text
             assert metric_value(metrics, "electric_rejections_total", reason="client_gone") == 1
+
+    asyncio.run(scenario())
+
+
+def _onnx_with_inputs(names: list[str]) -> bytes:
+    """A valid ONNX model with the given int64 inputs and an ``energies`` output."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["B", "T"]) for n in names]
+    output = helper.make_tensor_value_info("energies", TensorProto.FLOAT, ["B", "T"])
+    graph = helper.make_graph([helper.make_node("Cast", [names[0]], ["energies"],
+                                                to=TensorProto.FLOAT)],
+                              "wrong", inputs, [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _rewrite_model(folder: Path, content: bytes) -> None:
+    """Replace the model file and keep the manifest's sha256 in step with it."""
+    (folder / "model.onnx").write_bytes(content)
+    manifest = json.loads((folder / "electric.json").read_text())
+    manifest["variants"]["fp32"]["sha256"] = sha256_file(folder / "model.onnx")
+    (folder / "electric.json").write_text(json.dumps(manifest))
+
+
+CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "missing-folder": (lambda f: shutil.rmtree(f), "does not exist"),
+    "manifest-not-json": (lambda f: (f / "electric.json").write_text("{oops"), "not valid JSON"),
+    "sha256-mismatch": (lambda f: (f / "model.onnx").write_bytes(b"flipped"),
+                        "the manifest says"),
+    "model-not-onnx": (lambda f: _rewrite_model(f, b"not a protobuf at all"),
+                       "ONNX Runtime cannot load"),
+    "wrong-onnx-inputs": (lambda f: _rewrite_model(f, _onnx_with_inputs(["tokens", "mask"])),
+                          "the artifact contract is ['input_ids', 'attention_mask']"),
+    "tokenizer-corrupt": (lambda f: (f / "tokenizer.json").write_text("[]"),
+                          "not a usable tokenizers file"),
+    "tokenizer-missing": (lambda f: (f / "tokenizer.json").unlink(), "lacks the tokenizer"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_a_broken_artifact_fails_start_up_with_the_reason(
+        fake_artifact: Path, tmp_path: Path, kind: str) -> None:
+    folder = tmp_path / "artifact"
+    shutil.copytree(fake_artifact, folder)
+    corrupt, reason = CORRUPTIONS[kind]
+    corrupt(folder)
+    runtime = Runtime(Settings(artifact=folder, variant="fp32", warmup=False))
+
+    async def scenario() -> None:
+        with pytest.raises(ArtifactError, match=re.escape(reason)):
+            async with running_app(runtime):
+                pass
+        assert not runtime.ready
+
+    asyncio.run(scenario())
+
+
+def test_a_client_gone_while_sending_its_body_is_counted_as_499(
+        fake_settings: MakeSettings) -> None:
+    async def scenario() -> None:
+        runtime = Runtime(fake_settings(), FakeEngine())
+        async with running_app(runtime) as app, httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
+            messages = [{"type": "http.disconnect"},
+                        {"type": "http.request", "body": b'{"sent', "more_body": True}]
+
+            async def receive() -> dict[str, Any]:
+                return messages.pop()
+
+            async def send(message: dict[str, Any]) -> None:
+                pass
+
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                     "method": "POST", "scheme": "http", "path": "/v1/score", "raw_path": b"",
+                     "query_string": b"", "root_path": "", "server": ("test", 80),
+                     "client": ("test", 1), "headers": []}
+            await app(scope, receive, send)
+            metrics = (await client.get("/metrics")).text
+            assert metric_value(metrics, "electric_requests_total", endpoint="/v1/score",
+                                status="499") == 1
+            assert metric_value(metrics, "electric_rejections_total", reason="client_gone") == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_drain_that_runs_out_of_time_still_answers_everyone(
+        fake_settings: MakeSettings) -> None:
+    """Past drain_timeout_s the process closes anyway: work still queued or running gets 503,
+    not silence, and nothing waits on the stuck engine."""
+    async def scenario() -> None:
+        engine = FakeEngine(gated=True)
+        runtime = Runtime(fake_settings(drain_timeout_s=0.1), engine)
+        try:
+            async with serving(runtime) as client:
+                running = asyncio.ensure_future(client.post("/v1/score",
+                                                            json={"sentences": ["a"]}))
+                await until_running(engine)
+                queued = asyncio.ensure_future(client.post("/v1/score",
+                                                           json={"sentences": ["b"]}))
+                await eventually(lambda: _depth_is(client, 1))
+                assert await runtime.drain() is False
+                await runtime.close()  # what the lifespan does next
+                for response in (await running, await queued):
+                    assert error_of(response) == (503, "not_ready")
+                    assert "shut down" in response.text
+        finally:
+            engine.gate.set()
 
     asyncio.run(scenario())
