@@ -25,7 +25,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from model_export.eval_sets import (
     sample_pairs,
 )
 from model_export.scorers import CachedScorer, Scorer
-from service.scoring import Weights
+from service.scoring import RANK_PRIORS, Weights
 from service.tuning import (
     NbestMatrix,
     TuningList,
@@ -58,17 +58,16 @@ from service.tuning import (
 )
 
 MEASURES = ("asr", "zorro", "mt")
-RANK_PRIORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "linear": lambda rank: -rank.astype(np.float64),
-    "log": lambda rank: -np.log1p(rank),
-}
+# The priors an ASR fit may choose between (service.scoring.RANK_PRIORS): a list scored with
+# none of them ignores the beam's order, which the Common Voice lists carry but not its scores.
+FITTED_PRIORS = ("linear", "log")
 
 
 def _asr_matrix(lists: Sequence[NbestList], scores: dict[str, tuple[float, int]],
                 prior: str) -> NbestMatrix:
     return nbest_matrix([
         TuningList(reference=lst.reference, texts=lst.hypotheses,
-                   base_scores=RANK_PRIORS[prior](np.arange(len(lst.hypotheses))).tolist(),
+                   base_scores=[RANK_PRIORS[prior](r) for r in range(len(lst.hypotheses))],
                    scores=[scores[h][0] for h in lst.hypotheses],
                    num_tokens=[scores[h][1] for h in lst.hypotheses])
         for lst in lists])
@@ -80,7 +79,7 @@ def measure_asr(scorer: Scorer, lists: Sequence[NbestList]) -> tuple[dict[str, A
     scores = dict(zip(texts, scorer.score(texts)))
     tune = np.array([in_tuning_half(lst.id) for lst in lists])
     fits = {}
-    for prior in RANK_PRIORS:
+    for prior in FITTED_PRIORS:
         m = _asr_matrix(lists, scores, prior)
         fits[prior] = (grid_search(m.subset(tune)), m)
     # The prior with the lower tuning WER; linear on a tie (it is the simpler to explain).
@@ -403,7 +402,8 @@ def _eval(args: argparse.Namespace) -> int:
         asr = results["scorers"][main].get("asr")
         if asr:
             update["rerank"] = manifest.rerank.model_copy(
-                update={"lm_weight": asr["lm_weight"], "length_bonus": asr["length_bonus"]})
+                update={"lm_weight": asr["lm_weight"], "length_bonus": asr["length_bonus"],
+                        "rank_prior": asr["rank_prior"]})
         write_manifest(folder, manifest.model_copy(update=update))
         print(f"\nwrote the figures of {main!r} and its tuned weights into {folder}/electric.json")
     return 0

@@ -74,9 +74,15 @@ class Variant(_Strict):
     """Execution providers the variant is meant for, best first."""
 
 
+RankPrior = Literal["none", "linear", "log"]
+
+
 class RerankDefaults(_Strict):
     lm_weight: float = 1.0
     length_bonus: float = 0.0
+    rank_prior: RankPrior = "none"
+    """The base score the weights were fitted with for lists that carry no scores of their own
+    (a beam-ordered n-best list): 0, -rank or -ln(1 + rank). `electric rerank` applies it."""
 
 
 class Manifest(_Strict):

@@ -14,6 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from service.rerank_cmd import register as register_rerank
+from service.score_cmd import register as register_score
+from service.tune_cmd import register as register_tune
+
 
 def _serve(args: argparse.Namespace) -> int:
     from service.server import run
@@ -44,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="electric", description="Score and re-rank text with Electric energy models.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
+    for register_command in (register_score, register_rerank, register_tune):
+        register_command(sub)
     try:
         from model_export.cli import register
         from model_export.evaluate import register_eval

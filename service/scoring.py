@@ -8,7 +8,8 @@ Re-ranking combines it with the recogniser's own score as in the paper's rescori
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,17 @@ EMPTY = SentenceScore(score=0.0, num_tokens=0, tokens=[], energies=[], offsets=[
 class Weights:
     lm_weight: float
     length_bonus: float
+    rank_prior: str = "none"
+    """Base scores for a list that has none (RANK_PRIORS): what the weights were fitted with."""
+
+
+RANK_PRIORS: dict[str, Callable[[int], float]] = {
+    "none": lambda rank: 0.0,
+    "linear": lambda rank: -float(rank),
+    "log": lambda rank: -math.log1p(rank),
+}
+"""Base scores for lists without any: a function of the hypothesis's position (from 0), for
+n-best lists that arrive in the recogniser's order but without its scores."""
 
 
 def sentence_score(encoded: Encoded, energies: NDArray[np.float32]) -> SentenceScore:

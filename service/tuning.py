@@ -3,9 +3,10 @@
 Re-ranking picks, in each list, the hypothesis with the largest
 ``combined = base_score + lm_weight * score + length_bonus * num_tokens`` (service/scoring.py;
 ties go to the earlier hypothesis, as the service's stable sort does). Tuning is a grid search
-for the weights that minimise corpus WER (total word errors / total reference words, as
-``jiwer`` computes it over a corpus) on a dev set. Word errors are counted once per hypothesis
-with ``jiwer``; every grid point is then an argmax over a (lists, hypotheses) matrix.
+for the weights that give the best corpus metric on a dev set: WER for ASR, BLEU or chrF for MT
+(service/corpus_metrics.py). Every metric there adds up over sentences, so each hypothesis's
+statistics are computed once and every grid point is an argmax over a (lists, hypotheses)
+matrix followed by a sum.
 
 The grid adapts to the scorer's scale, which varies by orders of magnitude between models
 (nats for a trained Electric model, arbitrary units for an untrained head):
@@ -17,7 +18,8 @@ The grid adapts to the scorer's scale, which varies by orders of magnitude betwe
   ``[-2, 2] * typical per-token score``: the bonus is a correction to the LM's per-token cost,
   so it scales with it.
 
-Among grid points of equal WER the one whose neighbourhood is best on average wins (a plateau's
+A :class:`FixedGrid` searches explicit ``lm_weight`` and ``length_bonus`` values instead. Among
+grid points of equal value the one whose neighbourhood is best on average wins (a plateau's
 middle rather than its edge), then the smaller ``lm_weight``.
 
 No torch here: the service's ``electric tune`` runs on a serving install.
@@ -28,10 +30,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import jiwer
 import numpy as np
 from numpy.typing import NDArray
 
+from service.corpus_metrics import (  # noqa: F401  (word_errors: part of this module's API)
+    METRICS,
+    Metric,
+    WordErrorRate,
+    format_value,
+    metric_named,
+    word_errors,
+)
 from service.scoring import Weights
 
 LM_WEIGHT_DECADES = (-2.0, 2.0)
@@ -41,6 +50,10 @@ BONUS_RANGE = 2.0
 """``bonus_per_token`` spans +-BONUS_RANGE times the median |score| per token."""
 BONUS_STEPS = 41
 
+Floats = NDArray[np.float64]
+
+
+# -- n-best lists as matrices -------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class TuningList:
@@ -57,80 +70,71 @@ class TuningList:
 
 @dataclass(frozen=True)
 class NbestMatrix:
-    """Lists padded to K hypotheses; padding columns have ``valid`` False."""
+    """Lists padded to K hypotheses; padding columns have ``valid`` False and zero stats."""
 
-    errors: NDArray[np.float64]
-    """(L, K) word errors (substitutions + deletions + insertions) against the reference."""
-    ref_words: NDArray[np.float64]
-    """(L,) words in each reference."""
-    base: NDArray[np.float64]
+    stats: Floats
+    """(L, K, S) the metric's statistics of every hypothesis."""
+    base: Floats
     """(L, K)"""
-    score: NDArray[np.float64]
+    score: Floats
     """(L, K)"""
-    num_tokens: NDArray[np.float64]
+    num_tokens: Floats
     """(L, K)"""
     valid: NDArray[np.bool_]
     """(L, K)"""
+    metric: Metric
 
     @property
     def lists(self) -> int:
-        return int(self.errors.shape[0])
+        return int(self.stats.shape[0])
+
+    @property
+    def errors(self) -> Floats:
+        """(L, K) word errors (substitutions + deletions + insertions); WER matrices only."""
+        self._need_wer()
+        return np.asarray(self.stats[..., 0])
+
+    @property
+    def ref_words(self) -> Floats:
+        """(L,) words in each reference; WER matrices only."""
+        self._need_wer()
+        return np.asarray(self.stats[:, 0, 1])
+
+    def _need_wer(self) -> None:
+        if self.metric.name != "wer":
+            raise ValueError(f"this matrix holds {self.metric.name} statistics, not word errors")
 
     def subset(self, rows: NDArray[np.bool_] | NDArray[np.int64]) -> NbestMatrix:
-        return NbestMatrix(self.errors[rows], self.ref_words[rows], self.base[rows],
-                           self.score[rows], self.num_tokens[rows], self.valid[rows])
+        return NbestMatrix(self.stats[rows], self.base[rows], self.score[rows],
+                           self.num_tokens[rows], self.valid[rows], self.metric)
 
 
-@dataclass(frozen=True)
-class Grid:
-    lm_weights: tuple[float, ...]
-    bonuses_per_token: tuple[float, ...]
-    """``length_bonus = lm_weight * bonus_per_token``."""
-
-
-@dataclass(frozen=True)
-class TuningResult:
-    weights: Weights
-    wer: float
-    """Corpus WER with ``weights`` on the lists they were fitted on."""
-    baseline_wer: float
-    """Corpus WER of the base scores alone (lm_weight = length_bonus = 0)."""
-    oracle_wer: float
-    """Corpus WER when every list picks its best hypothesis."""
-    lists: int
-    grid_points: int
-
-
-def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(word errors, reference words) of one hypothesis, as jiwer counts them."""
-    out = jiwer.process_words(reference, hypothesis)
-    errors = int(out.substitutions + out.deletions + out.insertions)
-    return errors, int(out.hits + out.substitutions + out.deletions)
-
-
-def nbest_matrix(lists: Sequence[TuningList]) -> NbestMatrix:
-    """Count every hypothesis's word errors and pad the lists into matrices."""
+def nbest_matrix(lists: Sequence[TuningList], metric: Metric | None = None) -> NbestMatrix:
+    """Compute every hypothesis's statistics (WER by default) and pad the lists into matrices."""
+    metric = metric or WordErrorRate()
     if not lists:
         raise ValueError("no n-best lists to tune on")
     K = max(len(lst.texts) for lst in lists)
     L = len(lists)
-    errors, base, score, tokens = (np.zeros((L, K)) for _ in range(4))
+    base, score, tokens = (np.zeros((L, K)) for _ in range(3))
     valid = np.zeros((L, K), dtype=np.bool_)
-    ref_words = np.zeros(L)
+    stats: Floats | None = None
     for i, lst in enumerate(lists):
         n = len(lst.texts)
         if not (len(lst.base_scores) == len(lst.scores) == len(lst.num_tokens) == n) or n == 0:
             raise ValueError(f"list {i}: {n} texts, {len(lst.base_scores)} base scores, "
                              f"{len(lst.scores)} scores, {len(lst.num_tokens)} token counts; "
                              "need one of each per hypothesis, at least one hypothesis")
-        counted: dict[str, int] = {}  # n-best lists repeat texts
-        for j, text in enumerate(lst.texts):
-            if text not in counted:
-                counted[text], ref_words[i] = word_errors(lst.reference, text)
-            errors[i, j] = counted[text]
+        unique = list(dict.fromkeys(lst.texts))  # n-best lists repeat texts: count them once
+        row = metric.stats(lst.reference, unique)  # (U, S)
+        if stats is None:
+            stats = np.zeros((L, K, row.shape[1]))
+        where = {text: u for u, text in enumerate(unique)}
+        stats[i, :n] = row[[where[t] for t in lst.texts]]
         base[i, :n], score[i, :n], tokens[i, :n] = lst.base_scores, lst.scores, lst.num_tokens
         valid[i, :n] = True
-    return NbestMatrix(errors, ref_words, base, score, tokens, valid)
+    assert stats is not None
+    return NbestMatrix(stats, base, score, tokens, valid, metric)
 
 
 def choose(m: NbestMatrix, weights: Weights) -> NDArray[np.int64]:
@@ -140,15 +144,111 @@ def choose(m: NbestMatrix, weights: Weights) -> NDArray[np.int64]:
     return np.asarray(combined.argmax(axis=1), dtype=np.int64)
 
 
+def corpus_value(m: NbestMatrix, chosen: NDArray[np.int64]) -> float:
+    """The corpus metric of the chosen hypotheses."""
+    picked = m.stats[np.arange(m.lists), chosen]  # (L, S)
+    return float(m.metric.corpus(picked.sum(axis=0)))
+
+
 def corpus_wer(m: NbestMatrix, chosen: NDArray[np.int64]) -> float:
-    """Total errors of the chosen hypotheses / total reference words."""
-    picked = m.errors[np.arange(m.lists), chosen]
-    return float(picked.sum() / max(m.ref_words.sum(), 1.0))
+    """Total errors of the chosen hypotheses / total reference words (WER matrices)."""
+    m._need_wer()
+    return corpus_value(m, chosen)
+
+
+def oracle_value(m: NbestMatrix) -> float:
+    """Each list picks its best hypothesis by the sentence-level metric. Exact for WER; for
+    BLEU and chrF a close lower bound of the true corpus oracle, which is not decomposable."""
+    sentence = m.metric.corpus(m.stats)  # (L, K)
+    sentence = sentence if m.metric.higher_is_better else -sentence
+    best = np.where(m.valid, sentence, -np.inf).argmax(axis=1)
+    return corpus_value(m, np.asarray(best, dtype=np.int64))
 
 
 def oracle_wer(m: NbestMatrix) -> float:
-    best = np.where(m.valid, m.errors, np.inf).min(axis=1)
-    return float(best.sum() / max(m.ref_words.sum(), 1.0))
+    m._need_wer()
+    return oracle_value(m)
+
+
+# -- grids ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Grid:
+    """The scale-adapted grid: ``length_bonus = lm_weight * bonus_per_token``."""
+
+    lm_weights: tuple[float, ...]
+    bonuses_per_token: tuple[float, ...]
+
+    column_name = "length_bonus/lm_weight"
+
+    @property
+    def columns(self) -> tuple[float, ...]:
+        return self.bonuses_per_token
+
+    def length_bonuses(self) -> Floats:
+        """(A, B) the length_bonus at every grid point."""
+        lm = np.asarray(self.lm_weights, dtype=np.float64)[:, None]
+        return np.asarray(lm * np.asarray(self.bonuses_per_token, dtype=np.float64)[None, :])
+
+
+@dataclass(frozen=True)
+class FixedGrid:
+    """Explicit values: every ``lm_weight`` with every ``length_bonus``."""
+
+    lm_weights: tuple[float, ...]
+    length_bonus_values: tuple[float, ...]
+
+    column_name = "length_bonus"
+
+    @property
+    def columns(self) -> tuple[float, ...]:
+        return self.length_bonus_values
+
+    def length_bonuses(self) -> Floats:
+        return np.broadcast_to(np.asarray(self.length_bonus_values)[None, :],
+                               (len(self.lm_weights), len(self.length_bonus_values)))
+
+
+AnyGrid = Grid | FixedGrid
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    weights: Weights
+    metric: str
+    value: float
+    """The corpus metric with ``weights`` on the lists they were fitted on."""
+    baseline: float
+    """The corpus metric of the base scores alone (lm_weight = length_bonus = 0)."""
+    oracle: float
+    """The corpus metric when every list picks its best hypothesis (see :func:`oracle_value`)."""
+    lists: int
+    grid: AnyGrid
+    values: Floats
+    """(len(lm_weights), len(columns)) the metric at every grid point."""
+    best: tuple[int, int]
+    """Row and column of the chosen point."""
+
+    @property
+    def grid_points(self) -> int:
+        return int(self.values.size)
+
+    @property
+    def wer(self) -> float:
+        return self._wer(self.value)
+
+    @property
+    def baseline_wer(self) -> float:
+        return self._wer(self.baseline)
+
+    @property
+    def oracle_wer(self) -> float:
+        return self._wer(self.oracle)
+
+    def _wer(self, value: float) -> float:
+        if self.metric != "wer":
+            raise ValueError(f"this result was tuned on {self.metric}, not WER")
+        return value
 
 
 def default_grid(m: NbestMatrix) -> Grid:
@@ -169,21 +269,22 @@ def default_grid(m: NbestMatrix) -> Grid:
     return Grid(tuple(float(x) for x in lm), tuple(float(x) for x in bonus))
 
 
-def grid_errors(m: NbestMatrix, grid: Grid) -> NDArray[np.float64]:
-    """(len(lm_weights), len(bonuses)) total word errors at every grid point."""
-    bonus = np.asarray(grid.bonuses_per_token)[:, None, None]  # (Bn, 1, 1)
+def grid_values(m: NbestMatrix, grid: AnyGrid) -> Floats:
+    """(len(lm_weights), len(columns)) the corpus metric at every grid point."""
+    bonuses = grid.length_bonuses()  # (A, B)
     rows = np.arange(m.lists)
-    out = np.zeros((len(grid.lm_weights), len(grid.bonuses_per_token)))
+    summed = np.zeros((*bonuses.shape, m.stats.shape[2]))  # (A, B, S)
     for a, lm in enumerate(grid.lm_weights):
-        # (Bn, L, K): one argmax per bonus value and list, vectorised over both.
-        # Same arithmetic as choose(), so exact ties break the same way here and there.
-        combined = m.base[None] + lm * m.score[None] + (lm * bonus) * m.num_tokens[None]
-        chosen = np.where(m.valid[None], combined, -np.inf).argmax(axis=2)  # (Bn, L)
-        out[a] = m.errors[rows[None], chosen].sum(axis=1)
-    return out
+        # (B, L, K): one argmax per bonus value and list, vectorised over both. The bonus is
+        # the same product as the chosen Weights carry, so exact ties break alike everywhere.
+        bonus = bonuses[a][:, None, None]
+        combined = m.base[None] + lm * m.score[None] + bonus * m.num_tokens[None]
+        chosen = np.where(m.valid[None], combined, -np.inf).argmax(axis=2)  # (B, L)
+        summed[a] = m.stats[rows[None], chosen].sum(axis=1)  # (B, S)
+    return m.metric.corpus(summed)
 
 
-def _neighbourhood_mean(values: NDArray[np.float64]) -> NDArray[np.float64]:
+def _neighbourhood_mean(values: Floats) -> Floats:
     """Mean over each cell's 3x3 neighbourhood (edge cells use the neighbours they have)."""
     padded = np.pad(values, 1, constant_values=np.nan)
     stack = np.stack([padded[i:i + values.shape[0], j:j + values.shape[1]]
@@ -191,23 +292,27 @@ def _neighbourhood_mean(values: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.asarray(np.nanmean(stack, axis=0))
 
 
-def grid_search(m: NbestMatrix, grid: Grid | None = None) -> TuningResult:
-    """The weights with the lowest corpus WER on ``m`` (see the module docstring for ties)."""
+def grid_search(m: NbestMatrix, grid: AnyGrid | None = None) -> TuningResult:
+    """The weights with the best corpus metric on ``m`` (see the module docstring for ties)."""
     grid = grid or default_grid(m)
-    errors = grid_errors(m, grid)
-    smooth = _neighbourhood_mean(errors)
-    # lexsort: last key first. Lowest errors, then best neighbourhood, then smallest lm_weight.
-    lm_index = np.broadcast_to(np.arange(errors.shape[0])[:, None], errors.shape)
-    best = int(np.lexsort((lm_index.ravel(), smooth.ravel(), errors.ravel()))[0])
-    a, b = np.unravel_index(best, errors.shape)
-    lm = grid.lm_weights[a]
+    values = grid_values(m, grid)
+    loss = -values if m.metric.higher_is_better else values
+    smooth = _neighbourhood_mean(loss)
+    # lexsort: last key first. Best value, then best neighbourhood, then smallest lm_weight.
+    lm_index = np.broadcast_to(np.arange(loss.shape[0])[:, None], loss.shape)
+    best = int(np.lexsort((lm_index.ravel(), smooth.ravel(), loss.ravel()))[0])
+    a, b = (int(i) for i in np.unravel_index(best, loss.shape))
     # + 0.0: a zero weight times a negative bonus would print as -0.
-    weights = Weights(lm_weight=lm, length_bonus=lm * grid.bonuses_per_token[b] + 0.0)
+    weights = Weights(lm_weight=grid.lm_weights[a],
+                      length_bonus=float(grid.length_bonuses()[a, b]) + 0.0)
     return TuningResult(
         weights=weights,
-        wer=corpus_wer(m, choose(m, weights)),
-        baseline_wer=corpus_wer(m, choose(m, Weights(0.0, 0.0))),
-        oracle_wer=oracle_wer(m),
+        metric=m.metric.name,
+        value=corpus_value(m, choose(m, weights)),
+        baseline=corpus_value(m, choose(m, Weights(0.0, 0.0))),
+        oracle=oracle_value(m),
         lists=m.lists,
-        grid_points=int(errors.size),
+        grid=grid,
+        values=values,
+        best=(a, b),
     )
