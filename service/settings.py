@@ -35,8 +35,8 @@ class Settings(BaseSettings):
     what the artifact has (fp32 last on CPU, first on GPU). Pin fp32 for bit-stable scores:
     int8's dynamic activation scales depend on the batch a sentence lands in."""
     intra_op_threads: int = Field(default=0, ge=0, le=512)
-    """ONNX Runtime threads per inference; 0 lets ORT use every physical core. Set it to the
-    container's CPU limit: ORT cannot see cgroup quotas and over-subscribes otherwise."""
+    """ONNX Runtime threads per inference; 0 means the container's CPU quota or affinity mask
+    where one is set (ORT itself cannot see cgroup quotas), else one per physical core."""
     host: str = "127.0.0.1"
     """Interface to bind. Containers set 0.0.0.0; the default keeps a laptop run private."""
     port: int = Field(default=8000, ge=1, le=65535)
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     padding. Larger windows pad less but let a sequence wait behind more batches."""
     max_padding: float | None = Field(default=None, ge=0.0, le=1.0)
     """Largest share of a batch that may be padding; a length outlier waits for the next batch
-    instead. Unset: 0.15 on a CPU, where a padded position costs as much as a real one and
+    instead. Unset: 0.05 on a CPU, where a padded position costs as much as a real one and
     batch size barely matters past a few rows; 0.5 on a GPU, where wide batches pay."""
     max_queue: int = Field(default=4096, ge=1)
     """Queued sequences before new requests get 429. Bounds memory and worst-case queue wait;
