@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         register_command(sub)
     try:
         from model_export.cli import register
-        from model_export.evaluate import register_eval
+        from model_export.eval_cli import register_eval
     except ImportError:  # a serving-only install may leave model_export out
         pass
     else:

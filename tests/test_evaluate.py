@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import save_file
 
 from model_export.config import MODEL_PRESETS
+from model_export.eval_cli import register_eval
+from model_export.eval_report import format_table
 from model_export.eval_sets import (
     MinimalPair,
     in_tuning_half,
@@ -24,7 +26,7 @@ from model_export.eval_sets import (
     read_zorro,
     sample_pairs,
 )
-from model_export.evaluate import evaluate, format_table, register_eval
+from model_export.evaluate import evaluate
 from model_export.export import export_artifact
 from model_export.model import Electric
 from model_export.ngram import NgramCloze

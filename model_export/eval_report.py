@@ -1,0 +1,106 @@
+"""The ``electric eval`` results as Markdown tables, and the summary that goes into a manifest."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from model_export.eval_sets import ASR_FILE, MT_FILE, ZORRO_FILE
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.2f}%"
+
+
+def _num(x: float | None, fmt: str = ".3f") -> str:
+    return "-" if x is None or not math.isfinite(x) else format(x, fmt)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The results as markdown: a summary table, then ASR weights, Zorro per paradigm, agreement."""
+    scorers: dict[str, Any] = results["scorers"]
+    lines = _table(["scorer", "ASR WER beam 1-best", "ASR WER re-ranked", "rel. WER reduction",
+                    "Zorro accuracy", "MT pairwise accuracy", "seconds"],
+                   [[name, _pct(r.get("asr", {}).get("wer_beam")),
+                     _pct(r.get("asr", {}).get("wer_reranked")),
+                     (_num(100 * r["asr"]["relative_wer_reduction"], "+.1f") + "%"
+                      if "asr" in r else "-"),
+                     _num(r.get("zorro", {}).get("accuracy")),
+                     _num(r.get("mt", {}).get("pairwise_accuracy")),
+                     _num(r["seconds"].get("total"), ".0f")]
+                    for name, r in scorers.items()])
+    first = next(iter(scorers.values()), {})
+    notes = []
+    if "asr" in first:
+        a = first["asr"]
+        notes.append(f"ASR: WER on the {a['lists_report']} lists of the reporting half; prior "
+                     f"and weights fitted on the other {a['lists_tune']} (split by a hash of the "
+                     f"id). Oracle WER {_pct(a['wer_oracle'])}.")
+    if "zorro" in first:
+        sample = (f"a sample of {results['limit_pairs']} stratified by paradigm, seed "
+                  f"{results['seed']}" if results.get("limit_pairs") else "all pairs")
+        notes.append(f"Zorro: {first['zorro']['pairs']} pairs ({sample}); a tie counts as wrong.")
+    if "mt" in first:
+        m = first["mt"]
+        excluded = ", ".join(m["systems_excluded"]) or "none present in the data"
+        notes.append(f"MT: {m['comparisons']} pairs of different candidates with different "
+                     f"MQM over {m['segments']} segments; score / num_tokens vs MQM; human "
+                     f"references excluded ({excluded}).")
+    lines += ["", *notes]
+
+    if "asr" in first:
+        title = ("ASR weights (combined = rank prior + lm_weight * score"
+                 " + length_bonus * num_tokens):")
+        lines += ["", title, ""]
+        lines += _table(["scorer", "rank prior", "lm_weight", "length_bonus",
+                         "tuning half: beam -> re-ranked"],
+                        [[name, r["asr"]["rank_prior"], _num(r["asr"]["lm_weight"], ".4g"),
+                          _num(r["asr"]["length_bonus"], ".4g"),
+                          " -> ".join((_pct(r["asr"]["wer_tune_beam"]),
+                                       _pct(r["asr"]["wer_tune_reranked"])))]
+                         for name, r in scorers.items()])
+    if "zorro" in first:
+        names = list(scorers)
+        lines += ["", "Zorro accuracy per paradigm:", ""]
+        lines += _table(["paradigm", "pairs", *names],
+                        [[p, str(v["pairs"]),
+                          *(_num(scorers[n]["zorro"]["per_paradigm"][p]["accuracy"])
+                            for n in names)]
+                         for p, v in first["zorro"]["per_paradigm"].items()])
+    if results.get("agreement"):
+        lines += ["", "Agreement (b with a's tuned ASR weights):", ""]
+        lines += _table(["a", "b", "ASR same choice", "Zorro same decision", "MT same order"],
+                        [[g["a"], g["b"], _pct(g.get("asr_same_choice")),
+                          _pct(g.get("zorro_same_decision")), _pct(g.get("mt_same_order"))]
+                         for g in results["agreement"]])
+    lines += ["", f"Wall time: {results['wall_seconds']:.0f} s"
+              + "".join(f"; {k} {v:.0f} s" for k, v in results.get("setup_seconds", {}).items())]
+    return "\n".join(lines)
+
+
+def manifest_summary(results: dict[str, Any], name: str) -> dict[str, Any]:
+    """The compact figures of scorer ``name`` (and all others) that go into electric.json."""
+    def brief(r: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "asr" in r:
+            out["asr"] = {k: r["asr"][k] for k in ("wer_beam", "wer_reranked", "wer_oracle",
+                                                  "relative_wer_reduction", "rank_prior",
+                                                  "lm_weight", "length_bonus", "lists_report")}
+        if "zorro" in r:
+            out["zorro_accuracy"] = r["zorro"]["accuracy"]
+            out["zorro_pairs"] = r["zorro"]["pairs"]
+        if "mt" in r:
+            out["mt_pairwise_accuracy"] = r["mt"]["pairwise_accuracy"]
+        return out
+
+    files = {"asr": ASR_FILE, "zorro": ZORRO_FILE, "mt": MT_FILE}
+    return {"dev_sets": [files[m] for m in results["measures"]], "scorer": name,
+            **brief(results["scorers"][name]),
+            "baselines": {k: brief(v) for k, v in results["scorers"].items() if k != name},
+            "agreement": results.get("agreement", [])}
