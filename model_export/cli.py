@@ -64,7 +64,7 @@ def _train_tokenizer(given: str | None, warm_start: str, run_dir: Path) -> Path 
     """--tokenizer; else the run's own copy (a resumed run); else the warm start's (None lets
     train() find it); else, for presets trained from scratch, the bundled MiniLM WordPiece."""
     from model_export.presets import MINILM
-    from model_export.train import resolve_warm_start
+    from model_export.warmstart import resolve_warm_start
 
     if given:
         return Path(given)

@@ -36,7 +36,7 @@ def _build_scorers(args: argparse.Namespace, folder: Path, setup: dict[str, floa
         ngram_cloze_from_corpora,
         warm_start_model,
     )
-    from model_export.train import resolve_warm_start
+    from model_export.warmstart import resolve_warm_start
 
     if args.threads:
         torch.set_num_threads(args.threads)

