@@ -125,8 +125,8 @@ def report(result: dict[str, Any]) -> str:
              f"{result['machine']['cpu']}. ORT MatMul peak {result['matmul_peak_gflops']:.0f} "
              f"GFLOP/s fp32, {result['matmul_peak_int8_gops']:.0f} GOP/s int8."), "",
              "| batch x length | " + " | ".join(f"{n} tok/s" for n in names)
-             + " | best vs PyTorch | fused fp32 % of fp32 peak |",
-             "|---|" + "---|" * (len(names) + 2)]
+             + " | best vs PyTorch | fused fp32 % of fp32 peak | int8 % of int8 peak |",
+             "|---|" + "---|" * (len(names) + 3)]
     by_key: dict[tuple[int, int], dict[str, dict[str, float]]] = {}
     for c in cells:
         by_key.setdefault((c["batch"], c["length"]), {})[c["runtime"]] = c
@@ -138,5 +138,9 @@ def report(result: dict[str, Any]) -> str:
         fused = row.get("ort-fp32-fused")
         share = (f"{100 * fused['gflops_per_s'] / result['matmul_peak_gflops']:.0f}%"
                  if fused else "")
-        lines.append(f"| {batch} x {length} | " + " | ".join(speeds) + f" | {ratio} | {share} |")
+        int8 = row.get("ort-int8")
+        share8 = (f"{100 * int8['gflops_per_s'] / result['matmul_peak_int8_gops']:.0f}%"
+                  if int8 else "")
+        lines.append(f"| {batch} x {length} | " + " | ".join(speeds)
+                     + f" | {ratio} | {share} | {share8} |")
     return "\n".join(lines)
