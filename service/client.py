@@ -72,6 +72,27 @@ class RetryPolicy:
         cap = min(self.max_backoff_s, self.backoff_s * 2.0 ** attempt)
         return float(cap * random.uniform(0.5, 1.0))
 
+    def next_step(self, attempt: int,
+                  outcome: httpx.Response | Exception) -> httpx.Response | float:
+        """After try ``attempt`` (from 0): the response to hand back, or seconds to wait
+        before trying again.
+
+        ``outcome`` is the try's response, or the transport error it ended in. Once retries
+        are spent the error is raised: a refusal as :class:`ElectricError`, a transport error
+        as itself. Both clients' loops call this and do only the sending and the waiting.
+        """
+        if isinstance(outcome, httpx.Response):
+            if outcome.status_code not in self.statuses:
+                return outcome
+            wait = self.delay(attempt, outcome)
+            if wait is None:
+                raise ElectricError.from_response(outcome)
+            return wait
+        wait = self.delay(attempt, None)
+        if wait is None:
+            raise outcome
+        return wait
+
 
 def retry_after_s(response: httpx.Response) -> float | None:
     """The Retry-After header in seconds (delta-seconds or HTTP date); None if absent/bad."""
@@ -180,20 +201,16 @@ class ElectricClient(_Common):
 
     def _send(self, method: str, path: str, body: Any = None) -> httpx.Response:
         attempt = 0
+        outcome: httpx.Response | Exception
         while True:
             try:
-                response = self._http.request(method, path, json=body)
-            except _RETRY_TRANSPORT:
-                wait = self.retry.delay(attempt, None)
-                if wait is None:
-                    raise
-            else:
-                if response.status_code not in self.retry.statuses:
-                    return response
-                wait = self.retry.delay(attempt, response)
-                if wait is None:
-                    raise ElectricError.from_response(response)
-            time.sleep(wait)
+                outcome = self._http.request(method, path, json=body)
+            except _RETRY_TRANSPORT as exc:
+                outcome = exc
+            step = self.retry.next_step(attempt, outcome)
+            if isinstance(step, httpx.Response):
+                return step
+            time.sleep(step)
             attempt += 1
 
     def close(self) -> None:
@@ -243,20 +260,16 @@ class AsyncElectricClient(_Common):
 
     async def _send(self, method: str, path: str, body: Any = None) -> httpx.Response:
         attempt = 0
+        outcome: httpx.Response | Exception
         while True:
             try:
-                response = await self._http.request(method, path, json=body)
-            except _RETRY_TRANSPORT:
-                wait = self.retry.delay(attempt, None)
-                if wait is None:
-                    raise
-            else:
-                if response.status_code not in self.retry.statuses:
-                    return response
-                wait = self.retry.delay(attempt, response)
-                if wait is None:
-                    raise ElectricError.from_response(response)
-            await asyncio.sleep(wait)
+                outcome = await self._http.request(method, path, json=body)
+            except _RETRY_TRANSPORT as exc:
+                outcome = exc
+            step = self.retry.next_step(attempt, outcome)
+            if isinstance(step, httpx.Response):
+                return step
+            await asyncio.sleep(step)
             attempt += 1
 
     async def aclose(self) -> None:

@@ -17,10 +17,11 @@ for the base scores alone (before), the re-ranked choice (after) and the best ch
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,22 @@ from service.tuning import TuningList, choose, corpus_value, nbest_matrix, oracl
 CLI_ERRORS = (NbestFormatError, TextRefused, ElectricError, ArtifactError, httpx.HTTPError,
               OSError, ValueError)
 """What a command reports as one line on stderr (exit status 1) rather than a traceback."""
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def reports_errors(command: str) -> Callable[[Command], Command]:
+    """Make ``electric <command>``'s ``run`` answer :data:`CLI_ERRORS` with a line and 1."""
+    def wrap(run: Command) -> Command:
+        @functools.wraps(run)
+        def reporting(args: argparse.Namespace) -> int:
+            try:
+                return run(args)
+            except CLI_ERRORS as exc:
+                print(f"electric {command}: {exc}", file=sys.stderr)
+                return 1
+        return reporting
+    return wrap
 
 
 def add_nbest_arguments(p: argparse.ArgumentParser) -> None:
@@ -196,42 +213,39 @@ def write_output(path: str, text: str) -> None:
             f.write(text)
 
 
+@reports_errors("rerank")
 def run(args: argparse.Namespace) -> int:
+    saved = read_weights(args.weights)
+    resolve_prior(args, saved)  # a bad prior fails before any scoring
+    doc = load_document(args)
+    start = time.monotonic()
+    scorer = open_scorer(args)
     try:
-        saved = read_weights(args.weights)
-        resolve_prior(args, saved)  # a bad prior fails before any scoring
-        doc = load_document(args)
-        start = time.monotonic()
-        scorer = open_scorer(args)
-        try:
-            scores = score_document(doc, scorer, args.truncate, args.progress)
-            weights, source = _weights(args, scorer, saved)
-        finally:
-            scorer.close()
-        prior = resolve_prior(args, saved, weights.rank_prior)
-        rankings = rank_document(doc, scores, weights, prior)
-        write_output(args.output, doc.render(rankings))
-        if args.details:
-            _details(args.details, doc, rankings)
-        unscored = sum(1 for lst in doc.lists if not any(c.base_score is not None
-                                                         for c in lst.candidates))
-        counted = (f"{len(doc.lists):,} lists, "
-                   f"{sum(len(lst.candidates) for lst in doc.lists):,} hypotheses, "
-                   f"{len(scores):,} distinct texts scored by {scorer.name} in "
-                   f"{time.monotonic() - start:.1f} s")
-        weighed = f"lm_weight {weights.lm_weight:.6g}, length_bonus {weights.length_bonus:.6g} " \
-                  f"({source})"
-        if unscored:
-            weighed += f"; {unscored:,} lists carry no base scores: rank prior {prior}"
-            if prior == "none":
-                weighed += " (for beam-ordered lists, --rank-prior log keeps the order as " \
-                           "evidence)"
-        lines = [counted, weighed, _report(doc, scores, rankings, prior, args.metric)]
-        print("\n".join(f"electric rerank: {line}" for line in lines), file=sys.stderr)
-        return 0
-    except CLI_ERRORS as exc:
-        print(f"electric rerank: {exc}", file=sys.stderr)
-        return 1
+        scores = score_document(doc, scorer, args.truncate, args.progress)
+        weights, source = _weights(args, scorer, saved)
+    finally:
+        scorer.close()
+    prior = resolve_prior(args, saved, weights.rank_prior)
+    rankings = rank_document(doc, scores, weights, prior)
+    write_output(args.output, doc.render(rankings))
+    if args.details:
+        _details(args.details, doc, rankings)
+    unscored = sum(1 for lst in doc.lists if not any(c.base_score is not None
+                                                     for c in lst.candidates))
+    counted = (f"{len(doc.lists):,} lists, "
+               f"{sum(len(lst.candidates) for lst in doc.lists):,} hypotheses, "
+               f"{len(scores):,} distinct texts scored by {scorer.name} in "
+               f"{time.monotonic() - start:.1f} s")
+    weighed = f"lm_weight {weights.lm_weight:.6g}, length_bonus {weights.length_bonus:.6g} " \
+              f"({source})"
+    if unscored:
+        weighed += f"; {unscored:,} lists carry no base scores: rank prior {prior}"
+        if prior == "none":
+            weighed += " (for beam-ordered lists, --rank-prior log keeps the order as " \
+                       "evidence)"
+    lines = [counted, weighed, _report(doc, scores, rankings, prior, args.metric)]
+    print("\n".join(f"electric rerank: {line}" for line in lines), file=sys.stderr)
+    return 0
 
 
 def register(sub: Any) -> None:

@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from typing import Any, TextIO
 
 from service.progress import Progress
-from service.rerank_cmd import CLI_ERRORS
+from service.rerank_cmd import reports_errors
 from service.schemas import SentenceScore
 from service.scorers import TextRefused, add_scorer_arguments, open_scorer
 
@@ -56,31 +56,28 @@ class _Lines:
         return next((n for n, t in self.pending if t == text), None)
 
 
+@reports_errors("score")
 def run(args: argparse.Namespace) -> int:
     name = "<stdin>" if args.input == "-" else args.input
-    try:
-        with ExitStack() as stack:
-            source = sys.stdin if args.input == "-" else stack.enter_context(
-                open(args.input, encoding="utf-8"))
-            out = sys.stdout if args.out == "-" else stack.enter_context(
-                open(args.out, "w", encoding="utf-8"))
-            scorer = open_scorer(args)
-            stack.callback(scorer.close)
-            bar = stack.enter_context(Progress("sentences", None, args.progress))
-            lines = _Lines(source)
-            write = format_jsonl if args.format == "jsonl" else format_tsv
-            try:
-                for result in scorer.stream(lines, args.truncate):
-                    lines.pending.popleft()
-                    out.write(write(result, args.energies) + "\n")
-                    bar.advance()
-            except TextRefused as exc:
-                where = lines.line_of(exc.text)
-                raise ValueError(f"{name}:{where}: the sentence {exc}") from None
-        return 0
-    except CLI_ERRORS as exc:
-        print(f"electric score: {exc}", file=sys.stderr)
-        return 1
+    with ExitStack() as stack:
+        source = sys.stdin if args.input == "-" else stack.enter_context(
+            open(args.input, encoding="utf-8"))
+        out = sys.stdout if args.out == "-" else stack.enter_context(
+            open(args.out, "w", encoding="utf-8"))
+        scorer = open_scorer(args)
+        stack.callback(scorer.close)
+        bar = stack.enter_context(Progress("sentences", None, args.progress))
+        lines = _Lines(source)
+        write = format_jsonl if args.format == "jsonl" else format_tsv
+        try:
+            for result in scorer.stream(lines, args.truncate):
+                lines.pending.popleft()
+                out.write(write(result, args.energies) + "\n")
+                bar.advance()
+        except TextRefused as exc:
+            where = lines.line_of(exc.text)
+            raise ValueError(f"{name}:{where}: the sentence {exc}") from None
+    return 0
 
 
 def register(sub: Any) -> None:

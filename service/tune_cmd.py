@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,9 @@ from service.artifact import RerankDefaults, load_manifest, write_manifest
 from service.corpus_metrics import format_value, metric_named
 from service.nbest import NbestDocument
 from service.rerank_cmd import (
-    CLI_ERRORS,
     add_nbest_arguments,
     load_document,
+    reports_errors,
     resolve_prior,
     score_document,
     tuning_lists,
@@ -100,44 +99,41 @@ def save_to_artifact(folder: Path, fit: TuningResult, facts: dict[str, Any]) -> 
     return write_manifest(folder, updated)
 
 
+@reports_errors("tune")
 def run(args: argparse.Namespace) -> int:
+    if args.write_artifact == "" and args.url:
+        raise ValueError("with --url, --write-artifact needs the artifact folder to write")
+    prior = resolve_prior(args, {})
+    metric = metric_named(args.metric)
+    grid = _grid(args)
+    doc = load_document(args)
+    scorer = open_scorer(args)
     try:
-        if args.write_artifact == "" and args.url:
-            raise ValueError("with --url, --write-artifact needs the artifact folder to write")
-        prior = resolve_prior(args, {})
-        metric = metric_named(args.metric)
-        grid = _grid(args)
-        doc = load_document(args)
-        scorer = open_scorer(args)
-        try:
-            scores = score_document(doc, scorer, args.truncate, args.progress)
-        finally:
-            scorer.close()
-        lists, _ = tuning_lists(doc, scores, prior)
-        if not lists:
-            raise ValueError(f"{doc.name}: no list has both a reference and a hypothesis; "
-                             "give references with --ref")
-        fit = grid_search(nbest_matrix(lists, metric), grid)
-        print(format_grid(fit))
-        print(f"\n{len(lists):,} lists ({len(doc.lists) - len(lists):,} without a reference "
-              f"left out), rank prior {prior}")
-        print(f"base scores alone {format_value(fit.metric, fit.baseline)}, "
-              f"tuned {format_value(fit.metric, fit.value)}, "
-              f"oracle {format_value(fit.metric, fit.oracle)}")
-        print(f"chosen: lm_weight {fit.weights.lm_weight:.6g}, "
-              f"length_bonus {fit.weights.length_bonus:.6g}")
-        facts = summary(fit, doc, prior, scorer.name)
-        if args.out:
-            args.out.write_text(json.dumps(facts, indent=2) + "\n")
-            print(f"wrote {args.out}")
-        if args.write_artifact is not None:
-            folder = Path(args.write_artifact) if args.write_artifact else (
-                args.artifact or default_artifact())
-            print(f"wrote {save_to_artifact(folder, fit, facts)} (rerank section)")
-        return 0
-    except CLI_ERRORS as exc:
-        print(f"electric tune: {exc}", file=sys.stderr)
-        return 1
+        scores = score_document(doc, scorer, args.truncate, args.progress)
+    finally:
+        scorer.close()
+    lists, _ = tuning_lists(doc, scores, prior)
+    if not lists:
+        raise ValueError(f"{doc.name}: no list has both a reference and a hypothesis; "
+                         "give references with --ref")
+    fit = grid_search(nbest_matrix(lists, metric), grid)
+    print(format_grid(fit))
+    print(f"\n{len(lists):,} lists ({len(doc.lists) - len(lists):,} without a reference "
+          f"left out), rank prior {prior}")
+    print(f"base scores alone {format_value(fit.metric, fit.baseline)}, "
+          f"tuned {format_value(fit.metric, fit.value)}, "
+          f"oracle {format_value(fit.metric, fit.oracle)}")
+    print(f"chosen: lm_weight {fit.weights.lm_weight:.6g}, "
+          f"length_bonus {fit.weights.length_bonus:.6g}")
+    facts = summary(fit, doc, prior, scorer.name)
+    if args.out:
+        args.out.write_text(json.dumps(facts, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    if args.write_artifact is not None:
+        folder = Path(args.write_artifact) if args.write_artifact else (
+            args.artifact or default_artifact())
+        print(f"wrote {save_to_artifact(folder, fit, facts)} (rerank section)")
+    return 0
 
 
 def register(sub: Any) -> None:

@@ -4,7 +4,8 @@ A reader returns an :class:`NbestDocument`: the lists it found (text, base score
 every hypothesis; the reference where the file has one) and whatever it needs to write the file
 back. ``render(None)`` gives the file exactly as it was read; ``render(rankings)`` gives it with
 each list re-ordered best first (and, where the format has room, the Electric score added).
-Everything a reader does not understand it keeps verbatim.
+Everything a reader does not understand it keeps verbatim. The line-based formats build on
+:class:`LineDocument`, which groups hypothesis lines into lists and moves them as blocks.
 
 Files are split on ``\\n`` only, endings kept: ``str.splitlines`` would also split on the form
 feeds and Unicode line separators that transcripts do contain, and break the round trip.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -91,6 +92,14 @@ def ending(line: str) -> str:
     return line[len(body(line)):]
 
 
+def content_lines(lines: Sequence[str]) -> Iterator[tuple[int, str]]:
+    """(index, line without its ending) of every line that is not blank."""
+    for at, line in enumerate(lines):
+        content = body(line)
+        if content.strip():
+            yield at, content
+
+
 def parse_score(name: str, line: int, value: str, what: str) -> float:
     """A finite float, or an error naming the file, line and field."""
     try:
@@ -143,6 +152,38 @@ def permute_blocks(lines: Sequence[str], blocks: Sequence[Sequence[tuple[int, in
             out.append(lines[at])
             at += 1
     return "".join(out)
+
+
+@dataclass
+class LineDocument:
+    """A file whose hypotheses are blocks of its lines, grouped into lists by an id.
+
+    The line-based formats (TSV, Moses, fairseq, Kaldi) subclass it with what they need to
+    write themselves back; as it stands it writes the blocks re-ordered, lines unchanged.
+    """
+
+    name: str
+    lines: list[str]
+    lists: list[NbestList] = field(default_factory=list)
+    blocks: list[list[tuple[int, int]]] = field(default_factory=list)
+    """Per list, the ``[start, stop)`` line range of each hypothesis, as :func:`permute_blocks`
+    takes them."""
+    _by_id: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+
+    def add(self, list_id: str, candidate: Candidate, at: int) -> int:
+        """File ``candidate``, the line at index ``at``, under ``list_id`` (a new list on the
+        id's first hypothesis); returns the list's index."""
+        i = self._by_id.get(list_id)
+        if i is None:
+            i = self._by_id[list_id] = len(self.lists)
+            self.lists.append(NbestList(id=list_id, line=candidate.line))
+            self.blocks.append([])
+        self.lists[i].candidates.append(candidate)
+        self.blocks[i].append((at, at + 1))
+        return i
+
+    def render(self, rankings: Sequence[Ranking] | None = None) -> str:
+        return permute_blocks(self.lines, self.blocks, rankings)
 
 
 def read_references(path: Path, keyed: bool) -> dict[str, str]:

@@ -21,17 +21,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from service.nbest.document import (
     Candidate,
+    LineDocument,
     NbestFormatError,
-    NbestList,
-    Ranking,
     body,
     parse_score,
-    permute_blocks,
     split_lines,
 )
 
@@ -41,15 +37,8 @@ ATTACHED = frozenset("DPAIE")
 LN2 = math.log(2.0)
 
 
-@dataclass
-class FairseqDocument:
-    name: str
-    lines: list[str]
-    lists: list[NbestList] = field(default_factory=list)
-    blocks: list[list[tuple[int, int]]] = field(default_factory=list)
-
-    def render(self, rankings: Sequence[Ranking] | None = None) -> str:
-        return permute_blocks(self.lines, self.blocks, rankings)
+class FairseqDocument(LineDocument):
+    """Hypothesis blocks are moved with their lines unchanged."""
 
 
 def _scored(name: str, number: int, kind: str, rest: str) -> tuple[float, str]:
@@ -63,7 +52,6 @@ def _scored(name: str, number: int, kind: str, rest: str) -> tuple[float, str]:
 
 def parse(name: str, text: str) -> FairseqDocument:
     doc = FairseqDocument(name, split_lines(text))
-    by_id: dict[str, int] = {}
     refs: dict[str, str] = {}
     open_block: tuple[str, int] | None = None  # (sample id, list index) of the current block
     for at, raw in enumerate(doc.lines):
@@ -92,14 +80,7 @@ def parse(name: str, text: str) -> FairseqDocument:
         if kind != "H":
             continue
         score, hyp = _scored(name, number, kind, rest)
-        if sample not in by_id:
-            by_id[sample] = len(doc.lists)
-            doc.lists.append(NbestList(id=sample, line=number))
-            doc.blocks.append([])
-        i = by_id[sample]
-        doc.lists[i].candidates.append(Candidate(hyp, score, number))
-        doc.blocks[i].append((at, at + 1))
-        open_block = (sample, i)
+        open_block = (sample, doc.add(sample, Candidate(hyp, score, number), at))
     for lst in doc.lists:
         lst.reference = refs.get(lst.id)
     return doc

@@ -21,7 +21,7 @@ from service.nbest.document import (
     NbestFormatError,
     NbestList,
     Ranking,
-    body,
+    content_lines,
     ending,
     parse_score,
     split_lines,
@@ -71,11 +71,8 @@ def _candidate(name: str, line: int, index: int, item: Any) -> Candidate:
 
 def parse(name: str, text: str) -> JsonlDocument:
     doc = JsonlDocument(name, split_lines(text))
-    for at, raw in enumerate(doc.lines):
+    for at, content in content_lines(doc.lines):
         number = at + 1
-        content = body(raw)
-        if not content.strip():
-            continue
         try:
             obj = json.loads(content)
         except ValueError as exc:

@@ -20,12 +20,11 @@ from pathlib import Path
 
 from service.nbest.document import (
     Candidate,
+    LineDocument,
     NbestFormatError,
-    NbestList,
-    Ranking,
     body,
+    content_lines,
     parse_score,
-    permute_blocks,
     read_text,
     split_lines,
 )
@@ -51,25 +50,16 @@ class ScoreFile:
 
 
 @dataclass
-class KaldiDocument:
-    name: str
-    lines: list[str]
-    lists: list[NbestList] = field(default_factory=list)
-    blocks: list[list[tuple[int, int]]] = field(default_factory=list)
+class KaldiDocument(LineDocument):
     keys: dict[str, int] = field(default_factory=dict)
     """Hypothesis key -> its line index."""
-
-    def render(self, rankings: Sequence[Ranking] | None = None) -> str:
-        return permute_blocks(self.lines, self.blocks, rankings)
 
 
 def _read_scores(score_file: ScoreFile) -> tuple[str, dict[str, tuple[float, int]]]:
     name, text = read_text(score_file.path)
     values: dict[str, tuple[float, int]] = {}
-    for number, raw in enumerate(split_lines(text), start=1):
-        content = body(raw).strip()
-        if not content:
-            continue
+    for at, content in content_lines(split_lines(text)):
+        number = at + 1
         parts = content.split()
         if len(parts) != 2:
             raise NbestFormatError(name, number, f"expected 'key value', found {len(parts)} "
@@ -89,11 +79,7 @@ def _split(content: str) -> tuple[str, str]:
 
 def parse(name: str, text: str, score_files: Sequence[ScoreFile] = ()) -> KaldiDocument:
     doc = KaldiDocument(name, split_lines(text))
-    by_utt: dict[str, int] = {}
-    for at, raw in enumerate(doc.lines):
-        content = body(raw)
-        if not content.strip():
-            continue
+    for at, content in content_lines(doc.lines):
         number = at + 1
         key, words = _split(content)
         match = KEY.fullmatch(key)
@@ -104,14 +90,8 @@ def parse(name: str, text: str, score_files: Sequence[ScoreFile] = ()) -> KaldiD
             raise NbestFormatError(name, number, f"key {key!r} appears twice (first on line "
                                                  f"{doc.keys[key] + 1})")
         doc.keys[key] = at
-        utt = match.group(1)
-        if utt not in by_utt:
-            by_utt[utt] = len(doc.lists)
-            doc.lists.append(NbestList(id=utt, line=number))
-            doc.blocks.append([])
         base = 0.0 if score_files else None
-        doc.lists[by_utt[utt]].candidates.append(Candidate(words, base, number))
-        doc.blocks[by_utt[utt]].append((at, at + 1))
+        doc.add(match.group(1), Candidate(words, base, number), at)
     for score_file in score_files:
         _add_scores(doc, score_file)
     return doc

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from service.nbest.document import (
     Candidate,
+    LineDocument,
     NbestFormatError,
-    NbestList,
     Ranking,
     body,
+    content_lines,
     ending,
     number_text,
     parse_score,
@@ -39,13 +39,7 @@ FEATURE = "Electric="
 _OLD_FEATURE = re.compile(r"(?<!\S)Electric=\s+\S+")
 
 
-@dataclass
-class MosesDocument:
-    name: str
-    lines: list[str]
-    lists: list[NbestList] = field(default_factory=list)
-    blocks: list[list[tuple[int, int]]] = field(default_factory=list)
-
+class MosesDocument(LineDocument):
     def render(self, rankings: Sequence[Ranking] | None = None) -> str:
         return permute_blocks(self.lines, self.blocks, rankings, _edit)
 
@@ -74,11 +68,7 @@ def _edit(_: int, ranked: RankedHypothesis, lines: list[str]) -> list[str]:
 
 def parse(name: str, text: str) -> MosesDocument:
     doc = MosesDocument(name, split_lines(text))
-    by_id: dict[str, int] = {}
-    for at, raw in enumerate(doc.lines):
-        content = body(raw)
-        if not content.strip():
-            continue
+    for at, content in content_lines(doc.lines):
         number = at + 1
         parts = content.split(SEP)
         if len(parts) < 4:
@@ -89,11 +79,5 @@ def parse(name: str, text: str) -> MosesDocument:
         if not sentence:
             raise NbestFormatError(name, number, "the sentence id (first field) is empty")
         total = parse_score(name, number, parts[3].strip(), "total score")
-        if sentence not in by_id:
-            by_id[sentence] = len(doc.lists)
-            doc.lists.append(NbestList(id=sentence, line=number))
-            doc.blocks.append([])
-        i = by_id[sentence]
-        doc.lists[i].candidates.append(Candidate(parts[1].strip(), total, number))
-        doc.blocks[i].append((at, at + 1))
+        doc.add(sentence, Candidate(parts[1].strip(), total, number), at)
     return doc

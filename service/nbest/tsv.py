@@ -13,14 +13,15 @@ header when there is one; replaced rather than repeated when the input already h
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from service.nbest.document import (
     Candidate,
+    LineDocument,
     NbestFormatError,
-    NbestList,
     Ranking,
     body,
+    content_lines,
     ending,
     number_text,
     parse_score,
@@ -32,15 +33,11 @@ from service.schemas import RankedHypothesis
 ADDED = ("electric_score", "electric_tokens", "electric_combined")
 
 
-@dataclass
-class TsvDocument:
-    name: str
-    lines: list[str]
+@dataclass(kw_only=True)
+class TsvDocument(LineDocument):
     columns: dict[str, int]
     header: int | None
     """Index of the header line, if any."""
-    lists: list[NbestList] = field(default_factory=list)
-    blocks: list[list[tuple[int, int]]] = field(default_factory=list)
 
     def render(self, rankings: Sequence[Ranking] | None = None) -> str:
         if rankings is None:
@@ -74,15 +71,13 @@ def _columns(first: str) -> tuple[dict[str, int], bool]:
 
 def parse(name: str, text: str) -> TsvDocument:
     lines = split_lines(text)
-    first = next((body(line) for line in lines if body(line).strip()), "")
+    first_at, first = next(content_lines(lines), (None, ""))
     columns, has_header = _columns(first)
-    header = next(i for i, line in enumerate(lines) if body(line).strip()) if has_header else None
-    doc = TsvDocument(name, lines, columns, header)
-    by_id: dict[str, int] = {}
+    header = first_at if has_header else None
+    doc = TsvDocument(name, lines, columns=columns, header=header)
     need = max(columns["id"], columns["text"]) + 1
-    for at, raw in enumerate(lines):
-        content = body(raw)
-        if at == header or not content.strip():
+    for at, content in content_lines(lines):
+        if at == header:
             continue
         number = at + 1
         fields = content.split("\t")
@@ -94,13 +89,7 @@ def parse(name: str, text: str) -> TsvDocument:
         score = None
         if score_at is not None and score_at < len(fields) and fields[score_at].strip():
             score = parse_score(name, number, fields[score_at].strip(), "score")
-        if list_id not in by_id:
-            by_id[list_id] = len(doc.lists)
-            doc.lists.append(NbestList(id=list_id, line=number))
-            doc.blocks.append([])
-        lst = doc.lists[by_id[list_id]]
-        lst.candidates.append(Candidate(fields[columns["text"]], score, number))
-        doc.blocks[by_id[list_id]].append((at, at + 1))
+        lst = doc.lists[doc.add(list_id, Candidate(fields[columns["text"]], score, number), at)]
         ref_at = columns.get("reference")
         if ref_at is not None and ref_at < len(fields) and fields[ref_at]:
             if lst.reference is not None and lst.reference != fields[ref_at]:

@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import FakeEngine, running_app
-from live_server import free_port, live_server
+from harness import FakeEngine, free_port, running_app
+from live_server import live_server
 
 from service.client import (
     AsyncElectricClient,
@@ -130,6 +130,22 @@ def test_retry_after_forms() -> None:
     later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
     assert 25 <= (retry_after_s(overloaded(later)) or 0) <= 30
     assert retry_after_s(overloaded("soon")) is None and retry_after_s(overloaded()) is None
+
+
+def test_next_step_decides_what_to_retry_and_how_long_to_wait() -> None:
+    policy = RetryPolicy(attempts=2, backoff_s=1.0, max_retry_after_s=60.0)
+    done, invalid = httpx.Response(200), httpx.Response(422)
+    assert policy.next_step(0, done) is done
+    assert policy.next_step(0, invalid) is invalid  # not retried: the caller raises it
+    assert policy.next_step(0, overloaded("7")) == 7.0
+    assert 0.5 <= float(policy.next_step(0, overloaded(status=503))) <= 1.0
+    assert 0.5 <= float(policy.next_step(0, httpx.ConnectError("refused"))) <= 1.0
+    with pytest.raises(ElectricError, match="429 overloaded"):
+        policy.next_step(0, overloaded("3600"))  # longer than the policy waits for
+    with pytest.raises(ElectricError, match="429 overloaded"):
+        policy.next_step(1, overloaded("7"))  # the last attempt
+    with pytest.raises(httpx.ConnectError):
+        policy.next_step(1, httpx.ConnectError("refused"))
 
 
 def test_sync_client_retries_429_then_200(waits: list[float]) -> None:

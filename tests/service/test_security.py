@@ -11,8 +11,6 @@ import logging
 import select
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 from harness import (
-    ROOT,
     SERVE_GATED,
     FakeEngine,
     error_of,
@@ -29,8 +26,8 @@ from harness import (
     running_app,
     server_env,
     serving,
-    wait_ready,
 )
+from live_server import server_process
 
 from service.runtime import Runtime
 from service.settings import Settings
@@ -265,9 +262,6 @@ def test_an_oversized_request_head_gets_431_and_the_server_carries_on(
     """Headers are buffered by the HTTP parser before any middleware sees them; the server
     bounds them itself (MAX_HEAD_BYTES), whether they come in one read or in many."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVE_GATED], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=server_env(fake_artifact, port))
 
     def head_bomb(pieces: int, piece: bytes) -> bytes:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
@@ -283,7 +277,6 @@ def test_an_oversized_request_head_gets_431_and_the_server_carries_on(
 
     async def scenario() -> None:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            await wait_ready(client, proc)
             for pieces, piece in ((4, b"a" * (1 << 20)), (2000, b"b" * 100)):
                 answer = await asyncio.to_thread(head_bomb, pieces, piece)
                 status, _, body = answer.partition(b"\r\n\r\n")
@@ -293,11 +286,7 @@ def test_an_oversized_request_head_gets_431_and_the_server_carries_on(
             ok = await client.get("/healthz", headers={"x-big": "c" * 20_000})
             assert ok.status_code == 200, "ordinary large headers still pass"
 
-    try:
+    with server_process(port, server_env(fake_artifact, port), SERVE_GATED, stdin=True) as proc:
         asyncio.run(scenario())
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
