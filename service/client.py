@@ -138,8 +138,8 @@ def _hypothesis(h: HypothesisLike) -> str | dict[str, Any]:
 
 
 def _rerank_body(lm_weight: float | None, length_bonus: float | None, truncate: bool,
-                 **form: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {**form, "truncate": truncate}
+                 rank_prior: str, **form: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {**form, "truncate": truncate, "rank_prior": rank_prior}
     if lm_weight is not None:
         body["lm_weight"] = lm_weight
     if length_bonus is not None:
@@ -182,17 +182,18 @@ class ElectricClient(_Common):
         return self._parse(self._send("POST", "/v1/score", body), ScoreResponse)
 
     def rerank(self, hypotheses: Sequence[HypothesisLike], *, lm_weight: float | None = None,
-               length_bonus: float | None = None, truncate: bool = False) -> RerankResponse:
+               length_bonus: float | None = None, truncate: bool = False,
+               rank_prior: str = "none") -> RerankResponse:
         """One n-best list; the answer's ``hypotheses`` holds it sorted, best first."""
-        body = _rerank_body(lm_weight, length_bonus, truncate,
+        body = _rerank_body(lm_weight, length_bonus, truncate, rank_prior,
                             hypotheses=[_hypothesis(h) for h in hypotheses])
         return self._parse(self._send("POST", "/v1/rerank", body), RerankResponse)
 
     def rerank_lists(self, lists: Sequence[HypothesisList | Mapping[str, Any]], *,
                      lm_weight: float | None = None, length_bonus: float | None = None,
-                     truncate: bool = False) -> RerankResponse:
+                     truncate: bool = False, rank_prior: str = "none") -> RerankResponse:
         """Several lists (``{"id", "hypotheses"}``) in one request; the answer's ``lists``."""
-        body = _rerank_body(lm_weight, length_bonus, truncate,
+        body = _rerank_body(lm_weight, length_bonus, truncate, rank_prior,
                             lists=[_list_body(lst) for lst in lists])
         return self._parse(self._send("POST", "/v1/rerank", body), RerankResponse)
 
@@ -243,15 +244,15 @@ class AsyncElectricClient(_Common):
 
     async def rerank(self, hypotheses: Sequence[HypothesisLike], *,
                      lm_weight: float | None = None, length_bonus: float | None = None,
-                     truncate: bool = False) -> RerankResponse:
-        body = _rerank_body(lm_weight, length_bonus, truncate,
+                     truncate: bool = False, rank_prior: str = "none") -> RerankResponse:
+        body = _rerank_body(lm_weight, length_bonus, truncate, rank_prior,
                             hypotheses=[_hypothesis(h) for h in hypotheses])
         return self._parse(await self._send("POST", "/v1/rerank", body), RerankResponse)
 
     async def rerank_lists(self, lists: Sequence[HypothesisList | Mapping[str, Any]], *,
                            lm_weight: float | None = None, length_bonus: float | None = None,
-                           truncate: bool = False) -> RerankResponse:
-        body = _rerank_body(lm_weight, length_bonus, truncate,
+                           truncate: bool = False, rank_prior: str = "none") -> RerankResponse:
+        body = _rerank_body(lm_weight, length_bonus, truncate, rank_prior,
                             lists=[_list_body(lst) for lst in lists])
         return self._parse(await self._send("POST", "/v1/rerank", body), RerankResponse)
 

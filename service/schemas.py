@@ -22,6 +22,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from service.artifact import RankPrior
+
 # Bounds that keep every combined score finite: with them, base + lm_weight * score +
 # length_bonus * num_tokens cannot overflow a float64 whatever the model returns (energies are
 # finite float32). They are orders of magnitude past any tuned value (service/tuning.py).
@@ -134,6 +136,12 @@ class RerankRequest(_Request):
     length_bonus: FiniteFloat | None = Field(
         default=None, ge=-MAX_LENGTH_BONUS, le=MAX_LENGTH_BONUS,
         description="Added per token; default from the manifest.")
+    rank_prior: RankPrior = Field(
+        default="none",
+        description="Base scores for a list whose hypotheses are all plain strings, i.e. a "
+                    "recogniser's n-best order without its scores: none 0, linear -rank, log "
+                    "-ln(1 + rank), rank from 0. GET /v1/model shows in rerank.rank_prior "
+                    "which one the model's default weights were fitted with.")
     truncate: bool = False
 
     @model_validator(mode="after")
@@ -204,6 +212,7 @@ class RerankResponse(BaseModel):
     model: str
     lm_weight: float
     length_bonus: float
+    rank_prior: RankPrior
     hypotheses: list[RankedHypothesis] | None = Field(
         default=None, description="Present when the request sent one list.")
     lists: list[RankedList] | None = Field(

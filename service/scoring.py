@@ -70,11 +70,18 @@ def unique_texts(lists: Sequence[HypothesisList]) -> list[str]:
 
 
 def rank(hypotheses: Sequence[str | Hypothesis], scores: Mapping[str, SentenceScore],
-         weights: Weights) -> list[RankedHypothesis]:
-    """The list sorted by ``combined``, best first; ties keep the request's order."""
+         weights: Weights, prior: str = "none") -> list[RankedHypothesis]:
+    """The list sorted by ``combined``, best first; ties keep the request's order.
+
+    A list of plain strings only takes its base scores from ``prior`` (RANK_PRIORS) by
+    position; where any hypothesis carries a score, one without counts 0.
+    """
+    plain = all(isinstance(h, str) for h in hypotheses)
     ranked = []
     for index, hyp in enumerate(hypotheses):
         text, base = as_pair(hyp)
+        if plain:
+            base = RANK_PRIORS[prior](index)
         s = scores[text]
         combined = base + weights.lm_weight * s.score + weights.length_bonus * s.num_tokens
         ranked.append(RankedHypothesis(index=index, text=text, score=s.score, base_score=base,

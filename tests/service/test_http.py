@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,17 @@ def test_rerank_one_list_and_many(tiny_artifact: Path) -> None:
             assert [lst["id"] for lst in lists] == ["utt-1", 7]
             assert many.json()["lm_weight"] == 1.0  # the manifest's default
             assert lists[1]["hypotheses"][0]["combined"] == pytest.approx(1.0 + scores["a dog"])
+
+            # A beam-ordered list without scores: the prior stands in for them by position.
+            beam = await client.post("/v1/rerank", json={
+                "hypotheses": ["a dog", "the cat sat", "a dog"], "rank_prior": "log"})
+            ranked = beam.json()["hypotheses"]
+            assert beam.json()["rank_prior"] == "log"
+            assert {h["index"]: h["base_score"] for h in ranked} == pytest.approx(
+                {0: 0.0, 1: -math.log(2), 2: -math.log(3)})
+            mixed = await client.post("/v1/rerank", json={
+                "hypotheses": ["a dog", {"text": "a dog", "score": -1.0}], "rank_prior": "log"})
+            assert sorted(h["base_score"] for h in mixed.json()["hypotheses"]) == [-1.0, 0.0]
 
     asyncio.run(scenario())
 
