@@ -61,6 +61,9 @@ class Metrics:
             "Inference failures: batches the engine raised on (kind=batch_error) and rows it "
             "returned non-finite energies for (kind=non_finite_row); their requests got 500.",
             ["kind"], registry=r)
+        self.ready = Gauge(
+            "electric_ready", "1 while this replica takes requests (loaded, warmed up, engine "
+            "healthy, not draining), else 0: what /readyz answers, as a series.", registry=r)
         self.model_info = Gauge(
             "electric_model_info", "The model being served (value is always 1).",
             ["name", "variant", "provider"], registry=r)

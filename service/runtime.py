@@ -59,6 +59,7 @@ class Runtime:
         self._warmup: asyncio.Task[None] | None = None
         self._admitted = 0
         self._quiet = asyncio.Event()
+        self.metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
 
     # -- what handlers use -------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from harness import FakeEngine, error_of, eventually, metric_value, running_app,
 from tokenizers import Tokenizer
 
 from service.artifact import ArtifactError, sha256_file
-from service.runtime import Runtime
+from service.runtime import Phase, Runtime
 from service.settings import Settings
 
 MakeSettings = Callable[..., Settings]
@@ -381,5 +381,17 @@ def test_a_drain_that_runs_out_of_time_still_answers_everyone(
                     assert "shut down" in response.text
         finally:
             engine.gate.set()
+
+    asyncio.run(scenario())
+
+
+def test_the_ready_gauge_follows_readiness(fake_settings: Callable[..., Settings]) -> None:
+    async def scenario() -> None:
+        runtime = Runtime(fake_settings(), FakeEngine())
+        async with serving(runtime) as client:
+            assert "electric_ready 1.0" in (await client.get("/metrics")).text
+            runtime.phase = Phase.DRAINING
+            assert "electric_ready 0.0" in (await client.get("/metrics")).text
+            runtime.phase = Phase.READY
 
     asyncio.run(scenario())
