@@ -56,7 +56,9 @@ def _train(args: argparse.Namespace) -> int:
                   _train_tokenizer(args.tokenizer, cfg.warm_start, run_dir))
     print(f"final checkpoint: {final}")
     if args.export:
-        _export_checkpoint(final, Path(args.export), args.name, args.variants)
+        # The text the model was trained on is the natural calibration text for its int8.
+        _export_checkpoint(final, Path(args.export), args.name, args.variants,
+                           _int8_options(args, default_calibration=args.corpora))
     return 0
 
 
@@ -76,8 +78,23 @@ def _train_tokenizer(given: str | None, warm_start: str, run_dir: Path) -> Path 
     return bundled / "tokenizer.json" if bundled else None
 
 
+def _int8_options(args: argparse.Namespace, default_calibration: list[str] | None = None
+                  ) -> dict[str, Any]:
+    """``export_artifact``'s int8 arguments from --int8-scheme / --calibration."""
+    if "int8" not in args.variants or args.int8_scheme != "rowwise":
+        return {"int8_scheme": args.int8_scheme}
+    files = args.calibration or default_calibration
+    if not files:
+        raise SystemExit("--int8-scheme rowwise calibrates on text: pass --calibration FILE... "
+                         "(e.g. the training corpora, *.txt or *.txt.gz, one sentence a line), "
+                         "or choose --int8-scheme dynamic")
+    from model_export.calibration import read_sentences
+
+    return {"int8_scheme": "rowwise", "calibration": read_sentences([Path(f) for f in files])}
+
+
 def _export_checkpoint(checkpoint: Path, out: Path, name: str | None,
-                       variants: tuple[str, ...]) -> None:
+                       variants: tuple[str, ...], int8: dict[str, Any]) -> None:
     from model_export.export import export_artifact
     from model_export.verify import load_checkpoint_model
 
@@ -87,7 +104,7 @@ def _export_checkpoint(checkpoint: Path, out: Path, name: str | None,
                          "the run folder's config.json must name tokenizer_path")
     manifest = export_artifact(model, cfg, Path(facts["tokenizer_path"]), out,
                                name=name or out.name, variants=variants,
-                               training=facts.get("training"))
+                               training=facts.get("training"), **int8)
     _print_export(out, manifest)
 
 
@@ -99,7 +116,8 @@ def _print_export(out: Path, manifest: Any) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    _export_checkpoint(Path(args.checkpoint), Path(args.out), args.name, args.variants)
+    _export_checkpoint(Path(args.checkpoint), Path(args.out), args.name, args.variants,
+                       _int8_options(args))
     return 0
 
 
@@ -112,7 +130,8 @@ def _import(args: argparse.Namespace) -> int:
     out = Path(args.out)
     manifest = export_artifact(model, cfg, _hf_tokenizer(folder), out,
                                name=args.name or out.name, variants=args.variants,
-                               energy_source="discriminator_logit", training=facts)
+                               energy_source="discriminator_logit", training=facts,
+                               **_int8_options(args))
     _print_export(out, manifest)
     return 0
 
@@ -148,6 +167,16 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _add_int8_flags(p: argparse.ArgumentParser, calibration_default: str) -> None:
+    p.add_argument("--int8-scheme", choices=("rowwise", "dynamic"), default="dynamic",
+                   help="rowwise (recommended): calibrated on --calibration text, one activation "
+                        "scale per token, far closer to fp32 and the same score in any batch; "
+                        "dynamic (default, needs no text): one range per batch (docs/EXPORT.md)")
+    p.add_argument("--calibration", nargs="+", metavar="FILE",
+                   help=f"text files (*.txt, *.txt.gz, one sentence a line) to sample the int8 "
+                        f"calibration sentences from ({calibration_default})")
+
+
 def register(sub: Any) -> None:
     """Add the model sub-commands to the ``electric`` parser."""
     p = sub.add_parser("train", help="train an Electric model with NCE (needs the export extra)")
@@ -162,6 +191,7 @@ def register(sub: Any) -> None:
     p.add_argument("--export", help="after training, write an artifact folder here")
     p.add_argument("--name", help="artifact name (default: the folder name)")
     p.add_argument("--variants", type=_variants, default=("fp32", "int8"))
+    _add_int8_flags(p, "default: the --corpora")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("export", help="export a training checkpoint to an artifact folder")
@@ -169,6 +199,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--name")
     p.add_argument("--variants", type=_variants, default=("fp32", "int8"))
+    _add_int8_flags(p, "required by --int8-scheme rowwise")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("import", help="turn a Hugging Face ELECTRA discriminator into an artifact")
@@ -177,6 +208,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--name")
     p.add_argument("--variants", type=_variants, default=("fp32", "int8"))
+    _add_int8_flags(p, "required by --int8-scheme rowwise")
     p.set_defaults(func=_import)
 
     p = sub.add_parser("verify", help="check an artifact's variants against PyTorch / fp32")

@@ -12,15 +12,17 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from tokenizers import Tokenizer
 
+from model_export.calibration import MAX_LENGTH, encode_batches
 from model_export.config import ModelConfig
 from model_export.model import Electric
-from model_export.optimize import INT8_SCHEME, fuse, quantize_int8
+from model_export.optimize import Int8Scheme, fuse, quantize_int8
 from service.artifact import (
     INPUT_NAMES,
     OUTPUT_NAME,
@@ -43,7 +45,7 @@ VARIANT_FILES: dict[VariantName, str] = {
     "fp16": "model.fp16.onnx",
     "int8": "model.int8.onnx",
 }
-# fp16 kernels for the fused ops exist on CUDA only; int8 dynamic quantisation is a CPU path.
+# fp16 kernels for the fused ops exist on CUDA only; the int8 kernels are a CPU path.
 VARIANT_PROVIDERS: dict[VariantName, list[str]] = {
     "fp32": ["CPUExecutionProvider"],
     "fp16": ["CUDAExecutionProvider"],
@@ -99,11 +101,16 @@ def export_artifact(model: Electric, cfg: ModelConfig, tokenizer_path: Path, out
                     name: str, variants: tuple[VariantName, ...] | list[VariantName] = ("fp32", "int8"),
                     energy_source: str = "nce", training: dict[str, Any] | None = None,
                     evaluation: dict[str, Any] | None = None, rerank: dict[str, float] | None = None,
-                    opset: int = 17) -> Manifest:
+                    opset: int = 17, int8_scheme: Int8Scheme = "dynamic",
+                    calibration: Sequence[str] | None = None) -> Manifest:
     """Write the artifact folder ``out_dir`` and return its manifest.
 
     ``energy_source`` is ``nce`` for Electric models and ``discriminator_logit`` for imported
     ELECTRA discriminators. ``rerank`` holds default ``lm_weight`` / ``length_bonus``.
+    ``int8_scheme`` picks how the int8 variant is made (optimize.py): ``rowwise`` (batch-
+    independent, far closer to fp32; what ``electric export`` uses) calibrates on the sentences
+    ``calibration`` (a few hundred of the training text); ``dynamic`` needs none, which is why it
+    stays the default of this function.
     """
     unknown = sorted(set(variants) - set(VARIANT_FILES))
     if unknown or not variants:
@@ -112,6 +119,9 @@ def export_artifact(model: Electric, cfg: ModelConfig, tokenizer_path: Path, out
         raise ValueError(f"energy_source {energy_source!r}: choose from {sorted(ENERGY_KINDS)}")
     if model.cfg != cfg:
         raise ValueError("the model was built from a different ModelConfig than the one given")
+    if "int8" in variants and int8_scheme == "rowwise" and not calibration:
+        raise ValueError("int8_scheme 'rowwise' needs calibration sentences (a few hundred lines "
+                         "of the training text); int8_scheme 'dynamic' needs none")
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in VARIANT_FILES.values():  # files of an earlier export would contradict the manifest
         (out_dir / stale).unlink(missing_ok=True)
@@ -126,8 +136,15 @@ def export_artifact(model: Electric, cfg: ModelConfig, tokenizer_path: Path, out
         if "fp32" in variants:
             fused.replace(out_dir / VARIANT_FILES["fp32"])
             fused = out_dir / VARIANT_FILES["fp32"]
+        int8: dict[str, Any] = {}
         if "int8" in variants:
-            quantize_int8(fused, out_dir / VARIANT_FILES["int8"])
+            batches = (encode_batches(out_dir / tokenizer.file, calibration,
+                                      max_length=min(MAX_LENGTH, cfg.max_positions))
+                       if int8_scheme == "rowwise" and calibration else None)
+            int8 = quantize_int8(fused, out_dir / VARIANT_FILES["int8"], scheme=int8_scheme,
+                                 calibration=batches)
+            if batches:
+                int8["calibration_sentences"] = len(calibration or ())
 
     manifest = Manifest(
         name=name,
@@ -142,7 +159,7 @@ def export_artifact(model: Electric, cfg: ModelConfig, tokenizer_path: Path, out
         rerank=RerankDefaults(**(rerank or {})),
         training={**(training or {}), "onnx": {
             "opset": opset, "fused_ops": counts,
-            **({"int8": INT8_SCHEME} if "int8" in variants else {})}},
+            **({"int8": int8} if int8 else {})}},
         evaluation=evaluation or {},
     )
     write_manifest(out_dir, manifest)
