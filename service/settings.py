@@ -32,8 +32,9 @@ class Settings(BaseSettings):
     volume to serve another model without rebuilding the image."""
     variant: VariantChoice = "auto"
     """Which ONNX file to run. ``auto``: fp16 on a CUDA GPU, int8 on CPU, each falling back to
-    what the artifact has (fp32 last on CPU, first on GPU). Pin fp32 for bit-stable scores:
-    int8's dynamic activation scales depend on the batch a sentence lands in."""
+    what the artifact has (fp32 last on CPU, first on GPU). An int8 exported with the
+    ``dynamic`` scheme scores a sentence differently by batch; ``rowwise`` (the embedded
+    model's) and fp32 do not."""
     intra_op_threads: int = Field(default=0, ge=0, le=512)
     """ONNX Runtime threads per inference; 0 means the container's CPU quota or affinity mask
     where one is set (ORT itself cannot see cgroup quotas), else one per physical core."""

@@ -44,7 +44,8 @@ def test_bench_engine_and_pll_run_from_the_cli(tmp_path: Path) -> None:
                  "--min-time", "0", "--threads", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     runtimes = {c["runtime"] for c in result["cells"]}
-    assert runtimes == {"pytorch-fp32", "ort-fp32-raw", "ort-fp32-fused", "ort-int8"}
+    assert runtimes == {"pytorch-fp32", "ort-fp32-raw", "ort-fp32-fused", "ort-int8",
+                        "ort-int8-rowwise"}
     assert all(c["tokens_per_s"] > 0 for c in result["cells"])
 
     out = tmp_path / "pll.json"
