@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_models import build_tiny_electric, build_tiny_tokenizer
+from tiny_models import build_tiny_electric, encode_padded
 from tokenizers import Tokenizer
 
 from model_export.export import VARIANT_FILES, export_artifact
@@ -43,20 +43,8 @@ def torch_energies(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return model.energy(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
 
 
-def encode(sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Right-padded (B, T) ids and mask, as the service builds them."""
-    encodings = build_tiny_tokenizer().encode_batch(sentences)
-    T = max(len(e.ids) for e in encodings)
-    ids = np.zeros((len(encodings), T), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, e in enumerate(encodings):
-        ids[i, :len(e.ids)] = e.ids
-        mask[i, :len(e.ids)] = 1
-    return ids, mask
-
-
 def test_fp32_matches_pytorch(tiny_artifact, model, sentences):
-    ids, mask = encode(sentences)
+    ids, mask = encode_padded(sentences)
     ref = torch_energies(model, ids, mask)
     out = run(session(tiny_artifact), ids, mask)
     assert out.shape == ids.shape and out.dtype == np.float32
@@ -66,7 +54,7 @@ def test_fp32_matches_pytorch(tiny_artifact, model, sentences):
 
 
 def test_sentence_alone_equals_sentence_in_padded_batch(tiny_artifact, sentences):
-    ids, mask = encode(sentences)
+    ids, mask = encode_padded(sentences)
     sess = session(tiny_artifact)
     batched = run(sess, ids, mask)
     for i in range(len(sentences)):
@@ -186,7 +174,7 @@ def test_fp16_variant_is_written_and_skipped_without_cuda(model, tiny_tokenizer_
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert fp16.status == "skip" and "CUDA" in fp16.message
     # The CPU provider runs the fp16 graph too (slowly): enough to catch a broken conversion.
-    ids, mask = encode(sentences)
+    ids, mask = encode_padded(sentences)
     ref = torch_energies(model, ids, mask)
     half = run(session(folder, "fp16"), ids, mask)
     assert half.dtype == np.float32
@@ -220,7 +208,7 @@ def test_load_checkpoint_model(model, tiny_tokenizer_path, tmp_path, where):
              "tokenizer_path": "tokenizer.json", "training": {"steps": 3}}))
     loaded, cfg, facts = load_checkpoint_model(path)
     assert cfg == model.cfg and not loaded.training
-    ids, mask = encode(["the cat sat on the mat", "a dog"])
+    ids, mask = encode_padded(["the cat sat on the mat", "a dog"])
     np.testing.assert_array_equal(torch_energies(loaded, ids, mask), torch_energies(model, ids, mask))
     if where == "metadata":
         assert facts["tokenizer_path"] == str(tiny_tokenizer_path)

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_models import SENTENCES, build_tiny_electric, build_tiny_tokenizer
+from tiny_models import SENTENCES, build_tiny_electric, encode_padded
 
 from model_export.calibration import (
     Activations,
@@ -55,17 +55,6 @@ def run(sess: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray) -> np.nda
     return sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
 
-def encode(sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    encodings = build_tiny_tokenizer().encode_batch(sentences)
-    T = max(len(e.ids) for e in encodings)
-    ids = np.zeros((len(encodings), T), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, e in enumerate(encodings):
-        ids[i, :len(e.ids)] = e.ids
-        mask[i, :len(e.ids)] = 1
-    return ids, mask
-
-
 def random_batch(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """(16, 20) token ids unlike the calibration sentences, one row padded."""
     ids = np.random.default_rng(seed).integers(5, 214, size=(16, 20), dtype=np.int64)
@@ -82,11 +71,11 @@ def torch_energies(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def test_sentence_scores_do_not_depend_on_the_batch(rowwise_artifact, sentences):
-    ids, mask = encode(sentences)
+    ids, mask = encode_padded(sentences)
     sess = session(rowwise_artifact)
     batched = run(sess, ids, mask)
     # A loud companion: dynamic quantisation would coarsen every row for it.
-    loud_ids, loud_mask = encode([*sentences, " ".join(["xyzzy"] * 10)])
+    loud_ids, loud_mask = encode_padded([*sentences, " ".join(["xyzzy"] * 10)])
     with_loud = run(sess, loud_ids, loud_mask)
     for i in range(len(sentences)):
         n = int(mask[i].sum())

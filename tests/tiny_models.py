@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import string
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -64,3 +65,13 @@ def build_tiny_electric(vocab_size: int = 214, seed: int = 0):
     return model
 
 
+def encode_padded(sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded (B, T) ids and mask from the tiny tokenizer, as the service builds them."""
+    encodings = build_tiny_tokenizer().encode_batch(sentences)
+    T = max(len(e.ids) for e in encodings)
+    ids = np.zeros((len(encodings), T), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, e in enumerate(encodings):
+        ids[i, :len(e.ids)] = e.ids
+        mask[i, :len(e.ids)] = 1
+    return ids, mask
