@@ -33,8 +33,9 @@ class Weights:
 
 RANK_PRIORS: dict[str, Callable[[int], float]] = {
     "none": lambda rank: 0.0,
-    "linear": lambda rank: -float(rank),
-    "log": lambda rank: -math.log1p(rank),
+    # 0.0 - x, not -x: the top hypothesis gets 0.0, not the -0.0 that JSON would show.
+    "linear": lambda rank: 0.0 - rank,
+    "log": lambda rank: 0.0 - math.log1p(rank),
 }
 """Base scores for lists without any: a function of the hypothesis's position (from 0), for
 n-best lists that arrive in the recogniser's order but without its scores."""
