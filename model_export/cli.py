@@ -167,7 +167,10 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def _add_int8_flags(p: argparse.ArgumentParser, calibration_default: str) -> None:
+def _add_artifact_flags(p: argparse.ArgumentParser, calibration_default: str) -> None:
+    """What every command that writes an artifact takes: its name, variants and int8 scheme."""
+    p.add_argument("--name", help="artifact name (default: the folder name)")
+    p.add_argument("--variants", type=_variants, default=("fp32", "int8"))
     p.add_argument("--int8-scheme", choices=("rowwise", "dynamic"), default="dynamic",
                    help="rowwise (recommended): calibrated on --calibration text, one activation "
                         "scale per token, far closer to fp32 and the same score in any batch; "
@@ -189,26 +192,20 @@ def register(sub: Any) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset field, e.g. --set steps=2000")
     p.add_argument("--export", help="after training, write an artifact folder here")
-    p.add_argument("--name", help="artifact name (default: the folder name)")
-    p.add_argument("--variants", type=_variants, default=("fp32", "int8"))
-    _add_int8_flags(p, "default: the --corpora")
+    _add_artifact_flags(p, "default: the --corpora")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("export", help="export a training checkpoint to an artifact folder")
     p.add_argument("checkpoint", help="final.safetensors (with config.json beside it)")
     p.add_argument("--out", required=True)
-    p.add_argument("--name")
-    p.add_argument("--variants", type=_variants, default=("fp32", "int8"))
-    _add_int8_flags(p, "required by --int8-scheme rowwise")
+    _add_artifact_flags(p, "required by --int8-scheme rowwise")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("import", help="turn a Hugging Face ELECTRA discriminator into an artifact")
     p.add_argument("folder", help="ElectraForPreTraining folder: config.json, model.safetensors, "
                                   "tokenizer.json")
     p.add_argument("--out", required=True)
-    p.add_argument("--name")
-    p.add_argument("--variants", type=_variants, default=("fp32", "int8"))
-    _add_int8_flags(p, "required by --int8-scheme rowwise")
+    _add_artifact_flags(p, "required by --int8-scheme rowwise")
     p.set_defaults(func=_import)
 
     p = sub.add_parser("verify", help="check an artifact's variants against PyTorch / fp32")
