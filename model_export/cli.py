@@ -53,7 +53,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = preset(args.preset, **_parse_overrides(args.set))
     run_dir = Path(args.run_dir)
     final = train(cfg, [Path(p) for p in args.corpora], run_dir,
-                  _train_tokenizer(args.tokenizer, cfg.warm_start, run_dir))
+                  _train_tokenizer(args.tokenizer, cfg.warm_start or cfg.init_from, run_dir))
     print(f"final checkpoint: {final}")
     if args.export:
         # The text the model was trained on is the natural calibration text for its int8.
@@ -63,8 +63,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_tokenizer(given: str | None, warm_start: str, run_dir: Path) -> Path | None:
-    """--tokenizer; else the run's own copy (a resumed run); else the warm start's (None lets
-    train() find it); else, for presets trained from scratch, the bundled MiniLM WordPiece."""
+    """--tokenizer; else the run's own copy (a resumed run); else the warm start's or init_from
+    run's (None lets train() find it); else, for presets trained from scratch, the bundled
+    MiniLM WordPiece."""
     from model_export.presets import MINILM
     from model_export.warmstart import resolve_warm_start
 

@@ -8,6 +8,12 @@ Tokenized corpora are cached as flat arrays in one ``.npz`` file (no pickle): th
 every sentence back to back, the offsets where sentences start, and where documents start.
 Consecutive sentences of a document are therefore contiguous, and a packed sequence is a plain
 ``[start, end)`` slice of the token array.
+
+Speech form: ASR n-best lists, the service's main input, are lower-case words without
+punctuation, while most training text is edited prose. ``plain_fraction`` of the documents
+(chosen by a hash of their text, like the held-out ones) are trained in that form instead, so
+the energy model has seen unpunctuated sentences and does not spend its energies on missing
+commas.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import gzip
 import hashlib
 import io
 import json
+import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,11 +77,35 @@ def read_documents(path: Path) -> Iterator[list[str]]:
             yield lines
 
 
+def _hash_fraction(lines: list[str], salt: bytes) -> float:
+    digest = hashlib.blake2b("\n".join(lines).encode("utf-8"), digest_size=8, salt=salt).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
 def is_heldout(lines: list[str], fraction: float) -> bool:
     """Held out by a hash of the document's text: stable across runs, machines and file order,
     and duplicates of a document land on the same side, so nothing leaks into the held-out set."""
-    digest = hashlib.blake2b("\n".join(lines).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64 < fraction
+    return _hash_fraction(lines, b"") < fraction
+
+
+def in_speech_form(lines: list[str], fraction: float) -> bool:
+    """Whether a document is trained in speech form; a hash independent of ``is_heldout``'s."""
+    return _hash_fraction(lines, b"speech") < fraction
+
+
+_APOSTROPHES = re.compile(r"(?<=\w)['\u2019](?=\w)")
+_SPACES = re.compile(r"\s+")
+
+
+def speech_form(line: str) -> str:
+    """A line as ASR output writes it: lower case, no punctuation or symbols, apostrophes
+    closed up (``don't`` -> ``dont``, as the Common Voice n-best lists have it); hyphens
+    inside words and digits are kept."""
+    text = _APOSTROPHES.sub("", line.lower())
+    chars = [c if c == "-" or not unicodedata.category(c).startswith(("P", "S")) else " "
+             for c in text]
+    words = [w.strip("-") for w in _SPACES.split("".join(chars))]
+    return " ".join(w for w in words if w)
 
 
 @dataclass(frozen=True)
@@ -88,15 +120,17 @@ class TokenizedCorpus:
         return len(self.heldout)
 
 
-def tokenize_corpora(corpora: list[Path], tokenizer: Tokenizer,
-                     heldout_fraction: float) -> TokenizedCorpus:
+def tokenize_corpora(corpora: list[Path], tokenizer: Tokenizer, heldout_fraction: float,
+                     plain_fraction: float = 0.0) -> TokenizedCorpus:
+    """``plain_fraction`` of the documents are tokenized in ``speech_form``."""
     chunks: list[np.ndarray] = []
     sentence_lengths: list[np.ndarray] = []
     doc_sizes: list[int] = []
     heldout: list[bool] = []
     for path in corpora:
         documents = list(read_documents(path))
-        lines = [line for doc in documents for line in doc]
+        lines = [speech_form(line) if in_speech_form(doc, plain_fraction) else line
+                 for doc in documents for line in doc]
         # One batched call per file: the Rust side runs it on every core.
         encodings = tokenizer.encode_batch(lines, add_special_tokens=False)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(lines))
@@ -119,7 +153,8 @@ def tokenize_corpora(corpora: list[Path], tokenizer: Tokenizer,
         heldout=np.asarray(heldout, dtype=bool))
 
 
-def _cache_key(corpora: list[Path], tokenizer_path: Path, heldout_fraction: float) -> str:
+def _cache_key(corpora: list[Path], tokenizer_path: Path, heldout_fraction: float,
+               plain_fraction: float) -> str:
     def sha256(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -128,13 +163,16 @@ def _cache_key(corpora: list[Path], tokenizer_path: Path, heldout_fraction: floa
         "tokenizer": sha256(tokenizer_path),
         "corpora": [[p.name, sha256(p)] for p in corpora],
         "heldout_fraction": heldout_fraction,
+        # Absent when 0, so caches written before speech form existed stay valid.
+        **({"plain_fraction": plain_fraction} if plain_fraction else {}),
     }, sort_keys=True)
 
 
 def load_or_tokenize(corpora: list[Path], tokenizer_path: Path, cache_path: Path,
-                     heldout_fraction: float) -> TokenizedCorpus:
-    """Tokenize the corpora, or reuse ``cache_path`` when it was made from the same bytes."""
-    key = _cache_key(corpora, tokenizer_path, heldout_fraction)
+                     heldout_fraction: float, plain_fraction: float = 0.0) -> TokenizedCorpus:
+    """Tokenize the corpora, or reuse ``cache_path`` when it was made from the same bytes and
+    settings."""
+    key = _cache_key(corpora, tokenizer_path, heldout_fraction, plain_fraction)
     if cache_path.exists():
         with np.load(cache_path, allow_pickle=False) as cached:
             if str(cached["key"]) == key:
@@ -142,7 +180,8 @@ def load_or_tokenize(corpora: list[Path], tokenizer_path: Path, cache_path: Path
                                        sentence_starts=cached["sentence_starts"],
                                        document_starts=cached["document_starts"],
                                        heldout=cached["heldout"])
-    corpus = tokenize_corpora(corpora, load_tokenizer(tokenizer_path), heldout_fraction)
+    corpus = tokenize_corpora(corpora, load_tokenizer(tokenizer_path), heldout_fraction,
+                              plain_fraction)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_path.with_name(cache_path.name + ".tmp.npz")
     np.savez(tmp, key=np.array(key), tokens=corpus.tokens, sentence_starts=corpus.sentence_starts,

@@ -29,6 +29,10 @@ class TrainConfig:
     warm_start: str = ""
     """BERT-family folder (config.json + model.safetensors) whose encoder starts the energy model;
     ``"minilm"`` is the bundled all-MiniLM-L6-v2; empty trains from random weights."""
+    init_from: str = ""
+    """A finished run's folder (its final.safetensors): every weight, energy model and noise
+    towers, starts from there, and so do the architecture and the tokenizer. For continuing a
+    model on other text or settings (domain adaptation); excludes ``warm_start``."""
     max_len: int = 64
     """Longest packed sequence in tokens, [CLS] and [SEP] included. Cost grows with it; scored
     sentences longer than this are rarely seen in training."""
@@ -81,6 +85,9 @@ class TrainConfig:
     heldout_fraction: float = 0.02
     """Fraction of documents (chosen by a hash of their text) kept out of training for the
     held-out cloze evaluation."""
+    plain_fraction: float = 0.0
+    """Fraction of documents (chosen by another hash) trained in speech form: lower case, no
+    punctuation, as ASR n-best lists are written (data.speech_form)."""
     eval_sequences: int = 256
     """Held-out sequences scored at each evaluation (a fixed, deterministic subset)."""
     log_every: int = 10
@@ -106,6 +113,10 @@ class TrainConfig:
             (0 < self.mask_prob < 1, f"mask_prob {self.mask_prob} must be in (0, 1)"),
             (0 < self.data_fraction <= 1, f"data_fraction {self.data_fraction} must be in (0, 1]"),
             (0 <= self.heldout_fraction < 1, "heldout_fraction must be in [0, 1)"),
+            (0 <= self.plain_fraction <= 1,
+             f"plain_fraction {self.plain_fraction} must be in [0, 1]"),
+            (not (self.init_from and self.warm_start),
+             "init_from and warm_start exclude each other: init_from brings every weight"),
             (min(self.log_every, self.ckpt_every) >= 1, "log_every and ckpt_every must be >= 1"),
             (self.eval_every >= 0 and self.warmup >= 0 and self.threads >= 0,
              "eval_every, warmup and threads must be >= 0"),
@@ -169,4 +180,6 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
     if name not in TRAIN_PRESETS:
         raise ValueError(f"unknown training preset {name!r}; choose from {sorted(TRAIN_PRESETS)}")
     _check_keys(overrides)
+    if overrides.get("init_from") and "warm_start" not in overrides:
+        overrides = {**overrides, "warm_start": ""}  # the run's weights replace the preset's
     return dataclasses.replace(TRAIN_PRESETS[name], **overrides)

@@ -36,7 +36,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from model_export.cloze_eval import cloze_cross_entropy, unigram_bigram_baselines
-from model_export.config import MODEL_PRESETS
+from model_export.config import MODEL_PRESETS, ModelConfig
 from model_export.data import (
     Batch,
     BatchStream,
@@ -52,6 +52,7 @@ from model_export.ngram import NgramCloze
 from model_export.presets import TrainConfig
 from model_export.run_files import (
     CHECKPOINT,
+    FINAL,
     METRICS,
     MetricsLog,
     atomic_save,
@@ -68,21 +69,48 @@ WINDOW_KEYS = {"noise_pretrain": ("mle_loss",),
 
 
 def build_model(cfg: TrainConfig, vocab_size: int) -> tuple[Electric, dict[str, Any] | None]:
-    """A seeded Electric model, its encoder copied from the warm start if there is one."""
+    """A seeded Electric model, its encoder copied from the warm start if there is one, or all
+    of it from ``init_from``'s final weights."""
+    if cfg.init_from:
+        return _model_from_run(cfg, vocab_size)
     folder = resolve_warm_start(cfg.warm_start)
     mcfg = (config_from_bert(folder, dropout=cfg.dropout) if folder else
             dataclasses.replace(MODEL_PRESETS[cfg.model], vocab_size=vocab_size,
                                 dropout=cfg.dropout))
-    if mcfg.vocab_size != vocab_size:
-        raise ValueError(f"the tokenizer has {vocab_size} tokens but the model {mcfg.vocab_size}")
-    if cfg.max_len > mcfg.max_positions:
-        raise ValueError(f"max_len {cfg.max_len} exceeds the model's {mcfg.max_positions} positions")
+    _check_shape(cfg, mcfg, vocab_size)
     torch.manual_seed(cfg.seed)
     model = Electric(mcfg)
     report = load_bert_encoder(model, folder) if folder else None
     if cfg.freeze_embeddings:
         model.word_embeddings.weight.requires_grad_(False)
     return model, report
+
+
+def _check_shape(cfg: TrainConfig, mcfg: ModelConfig, vocab_size: int) -> None:
+    if mcfg.vocab_size != vocab_size:
+        raise ValueError(f"the tokenizer has {vocab_size} tokens but the model {mcfg.vocab_size}")
+    if cfg.max_len > mcfg.max_positions:
+        raise ValueError(f"max_len {cfg.max_len} exceeds the model's {mcfg.max_positions} positions")
+
+
+def _model_from_run(cfg: TrainConfig, vocab_size: int) -> tuple[Electric, dict[str, Any]]:
+    """Every weight from a finished run; its training facts come along for the model card."""
+    from model_export.verify import load_checkpoint_model
+
+    final = Path(cfg.init_from) / FINAL
+    loaded, mcfg, facts = load_checkpoint_model(final)
+    mcfg = dataclasses.replace(mcfg, dropout=cfg.dropout)
+    _check_shape(cfg, mcfg, vocab_size)
+    torch.manual_seed(cfg.seed)
+    model = Electric(mcfg)
+    state = loaded.state_dict()
+    if cfg.noise == "two_tower" and set(model.state_dict()) - set(state):
+        raise ValueError(f"{final} has no noise towers to continue: train with noise='ngram' "
+                         "or from a run that trained two-tower noise")
+    model.load_state_dict(state, strict=cfg.noise == "two_tower")
+    if cfg.freeze_embeddings:
+        model.word_embeddings.weight.requires_grad_(False)
+    return model, {"source": str(final), "training": facts["training"]}
 
 
 # Parameters that no warm start provides: they train at ``fresh_lr``.
@@ -276,10 +304,10 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
            tokenizer_path: Path | None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    warm = resolve_warm_start(cfg.warm_start)
+    warm = Path(cfg.init_from) if cfg.init_from else resolve_warm_start(cfg.warm_start)
     if tokenizer_path is None:
         if warm is None:
-            raise ValueError("no tokenizer: give tokenizer_path or a warm_start folder")
+            raise ValueError("no tokenizer: give tokenizer_path, a warm_start or init_from folder")
         tokenizer_path = warm / "tokenizer.json"
     run_tokenizer = run_dir / "tokenizer.json"  # export reads the copy beside the weights
     if tokenizer_path.resolve() != run_tokenizer.resolve():
@@ -288,7 +316,8 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
     special = SpecialIds.from_tokenizer(tokenizer)
     special_ids = [special.cls, special.sep]
 
-    corpus = load_or_tokenize(corpora, run_tokenizer, run_dir / "tokens.npz", cfg.heldout_fraction)
+    corpus = load_or_tokenize(corpora, run_tokenizer, run_dir / "tokens.npz", cfg.heldout_fraction,
+                              cfg.plain_fraction)
     packed = pack(corpus, cfg.max_len)
     train_part, heldout_part = packed.subset(False), packed.subset(True)
     eval_seqs = framed(heldout_part, special, cfg.eval_sequences)
@@ -297,7 +326,8 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
     resuming = ckpt.exists()
     # A resumed run takes its weights from the checkpoint: skip reading the warm start.
     model, warm_report = build_model(
-        dataclasses.replace(cfg, warm_start="") if resuming else cfg, tokenizer.get_vocab_size())
+        dataclasses.replace(cfg, warm_start="", init_from="") if resuming else cfg,
+        tokenizer.get_vocab_size())
     needs_counts = not resuming or (cfg.noise == "ngram" and not (run_dir / "ngram.npz").exists())
     train_seqs = framed(train_part, special) if needs_counts else []
     noise = make_noise(cfg, model, train_seqs, special, run_dir)
@@ -306,8 +336,10 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
 
     if resuming:
         state = trainer.load(ckpt)
+        # A key the checkpoint lacks was added later; such a run trained with its default.
+        saved = {**TrainConfig().to_dict(), **state["train_config"]}
         changed = sorted(k for k, v in cfg.to_dict().items()
-                         if state["train_config"].get(k) != v and k not in RESUMABLE_CHANGES)
+                         if saved[k] != v and k not in RESUMABLE_CHANGES)
         if changed:
             raise ValueError(f"{run_dir} holds a run with different settings {changed}; "
                              "use a new run_dir or the original settings")
@@ -319,6 +351,8 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
         state = {"step": 0, "tokens_seen": 0, "sequences_seen": 0, "wall_time_s": 0.0,
                  "window": {}, "train_config": cfg.to_dict(), "baselines": baselines,
                  "warm_start": warm_report and warm_report["source"], "last": {}}
+        if cfg.init_from and warm_report:
+            state["init_from"] = warm_report
     del train_seqs
 
     log = MetricsLog(run_dir / METRICS, state["step"])
@@ -338,6 +372,7 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
     run_loop(cfg, trainer, state, log, evaluate, ckpt)
 
     facts = {"preset": cfg.name, "warm_start": state["warm_start"],
+             **({"init_from": state["init_from"]} if "init_from" in state else {}),
              "corpora": [p.name for p in corpora], "noise": cfg.noise,
              "noise_pretrain_steps": cfg.noise_pretrain_steps, "steps": cfg.steps,
              "batch_size": cfg.batch_size, "max_len": cfg.max_len,

@@ -11,11 +11,13 @@ import pytest
 from model_export.data import (
     BatchStream,
     SpecialIds,
+    in_speech_form,
     is_heldout,
     load_or_tokenize,
     load_tokenizer,
     pack,
     read_documents,
+    speech_form,
     tokenize_corpora,
 )
 
@@ -112,6 +114,40 @@ def test_heldout_split_is_deterministic(tmp_path: Path, tiny_tokenizer_path: Pat
     assert len(packed.subset(True)) + len(packed.subset(False)) == len(packed)
 
 
+@pytest.mark.parametrize(("line", "spoken"), [
+    ("Daniel led the fight , which he had \"abandoned\" -- in 1961.",
+     "daniel led the fight which he had abandoned in 1961"),
+    ("Don't you know it's Jean-Paul's?", "dont you know its jean-pauls"),
+    ("And Cain knew his wife; and she conceived: Enoch!", "and cain knew his wife and she conceived enoch"),
+    ("costs $5 & 10% -- or (so) it\u2019s said", "costs 5 10 or so its said"),
+    ("...", ""),
+])
+def test_speech_form_writes_lines_as_asr_output_does(line: str, spoken: str) -> None:
+    assert speech_form(line) == spoken
+
+
+def test_plain_fraction_puts_whole_documents_in_speech_form(tmp_path: Path,
+                                                            tiny_tokenizer_path: Path) -> None:
+    docs = [[f"The cat, number {i}, sat.", f"On mat {i}!"] for i in range(200)]
+    path = write_corpus(tmp_path / "a.txt", docs)
+    tok = load_tokenizer(tiny_tokenizer_path)
+
+    def ids(lines: list[str]) -> list[int]:
+        return [i for e in tok.encode_batch(lines, add_special_tokens=False) for i in e.ids]
+
+    as_written = tokenize_corpora([path], tok, 0.0)
+    assert as_written.tokens.tolist() == ids([line for d in docs for line in d])
+    assert tokenize_corpora([path], tok, 0.0, plain_fraction=1.0).tokens.tolist() == ids(
+        [speech_form(line) for d in docs for line in d])
+    half = tokenize_corpora([path], tok, 0.0, plain_fraction=0.5)
+    chosen = [in_speech_form(d, 0.5) for d in docs]
+    assert 0.3 < np.mean(chosen) < 0.7
+    assert half.tokens.tolist() == ids(
+        [speech_form(line) if c else line for d, c in zip(docs, chosen) for line in d])
+    # Independent of the held-out hash: speech form is not a property of held-out documents.
+    assert [is_heldout(d, 0.5) for d in docs] != chosen
+
+
 def test_cache_is_reused_and_invalidated(corpus_file: Path, tiny_tokenizer_path: Path,
                                          tmp_path: Path) -> None:
     cache = tmp_path / "run" / "tokens.npz"
@@ -124,6 +160,9 @@ def test_cache_is_reused_and_invalidated(corpus_file: Path, tiny_tokenizer_path:
     write_corpus(corpus_file, DOCS[:3])
     changed = load_or_tokenize([corpus_file], tiny_tokenizer_path, cache, 0.1)
     assert changed.num_documents == 3
+    load_or_tokenize([corpus_file], tiny_tokenizer_path, cache, 0.1, plain_fraction=1.0)
+    with np.load(cache, allow_pickle=False) as z:  # a new setting is a new cache
+        assert '"plain_fraction": 1.0' in str(z["key"])
     with np.load(cache, allow_pickle=False) as z:  # plain arrays: no pickle needed to read
         assert set(z.files) == {"key", "tokens", "sentence_starts", "document_starts", "heldout"}
 

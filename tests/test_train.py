@@ -117,6 +117,25 @@ def test_resume_refuses_different_settings(corpus: Path, tiny_tokenizer_path: Pa
     assert max(r["step"] for r in records(tmp_path)) == 3
 
 
+def test_init_from_continues_a_finished_run(corpus: Path, tiny_tokenizer_path: Path,
+                                            tmp_path: Path) -> None:
+    first = train(preset("tiny", steps=4, eval_every=0), [corpus], tmp_path / "a",
+                  tiny_tokenizer_path)
+    # lr 0: the continuation must hold exactly the weights it started from, noise towers too.
+    cfg = preset("tiny", init_from=str(tmp_path / "a"), steps=2, lr=0.0, fresh_lr=0.0,
+                 eval_every=0, plain_fraction=0.5)
+    assert cfg.warm_start == ""
+    second = train(cfg, [corpus], tmp_path / "b")  # tokenizer from the first run's folder
+    a, b = load_file(first), load_file(second)
+    assert set(a) == set(b) and any(k.startswith("noise.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    training = json.loads((tmp_path / "b" / "config.json").read_text())["training"]
+    assert training["init_from"]["source"] == str(first)
+    assert training["init_from"]["training"]["steps"] == 4
+    with pytest.raises(ValueError, match="exclude each other"):
+        preset("tiny", init_from=str(tmp_path / "a"), warm_start="minilm")
+
+
 def test_ngram_noise_run(corpus: Path, tiny_tokenizer_path: Path, tmp_path: Path) -> None:
     cfg = preset("tiny", noise="ngram", steps=6, log_every=3, eval_every=0, ckpt_every=6)
     train(cfg, [corpus], tmp_path, tiny_tokenizer_path)
