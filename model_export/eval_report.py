@@ -59,12 +59,20 @@ def format_table(results: dict[str, Any]) -> str:
                  " + length_bonus * num_tokens):")
         lines += ["", title, ""]
         lines += _table(["scorer", "rank prior", "lm_weight", "length_bonus",
-                         "tuning half: beam -> re-ranked"],
+                         "tuning half: beam -> re-ranked", "pairwise accuracy",
+                         "against the 1-best"],
                         [[name, r["asr"]["rank_prior"], _num(r["asr"]["lm_weight"], ".4g"),
                           _num(r["asr"]["length_bonus"], ".4g"),
                           " -> ".join((_pct(r["asr"]["wer_tune_beam"]),
-                                       _pct(r["asr"]["wer_tune_reranked"])))]
+                                       _pct(r["asr"]["wer_tune_reranked"]))),
+                          _num(r["asr"].get("pairwise_accuracy")),
+                          _num(r["asr"].get("pairwise_accuracy_against_beam"))]
                          for name, r in scorers.items()])
+        a = first["asr"]
+        if "pairs" in a:
+            lines += ["", (f"Pairwise: the score alone (no prior, no fitting) on {a['pairs']} "
+                           "pairs of same-length hypotheses with different word errors, all "
+                           f"lists; {a['pairs_against_beam']} of them against the 1-best.")]
     if "zorro" in first:
         names = list(scorers)
         lines += ["", "Zorro accuracy per paradigm:", ""]

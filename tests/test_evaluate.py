@@ -126,6 +126,12 @@ def test_measures_with_a_scorer_that_knows_the_answers(eval_dir: Path) -> None:
     assert asr["wer_reranked"] == pytest.approx(asr["wer_oracle"]) == 0.0
     assert asr["wer_beam"] > 0 and asr["relative_wer_reduction"] == pytest.approx(1.0)
     assert asr["lm_weight"] > 0
+    # Each list: the right hypothesis against its three one-error rivals; the beam's 1-best is
+    # one of the rivals in the lists where the right one is not first.
+    beam_wrong = sum(lst.hypotheses[0] != lst.reference
+                     for lst in read_asr(eval_dir / "asr_nbest_commonvoice.jsonl"))
+    assert asr["pairs"] == 40 * 3 and asr["pairs_against_beam"] == beam_wrong > 0
+    assert asr["pairwise_accuracy"] == asr["pairwise_accuracy_against_beam"] == 1.0
     assert r["zorro"]["accuracy"] == 1.0 and r["zorro"]["pairs"] == 30
     assert set(r["zorro"]["per_paradigm"]) == {"alpha", "beta", "gamma"}
     mt = r["mt"]
@@ -138,7 +144,8 @@ def test_a_scorer_that_knows_nothing(eval_dir: Path) -> None:
     results = evaluate({"flat": TableScorer({})}, eval_dir)
     r = results["scorers"]["flat"]
     assert r["asr"]["wer_reranked"] == r["asr"]["wer_beam"]
-    assert r["zorro"]["accuracy"] == 0.0  # ties count as wrong
+    assert r["asr"]["pairwise_accuracy"] == 0.0  # ties count as wrong
+    assert r["zorro"]["accuracy"] == 0.0
     assert r["mt"]["pairwise_accuracy"] == 0.0
 
 
