@@ -12,8 +12,8 @@ Consecutive sentences of a document are therefore contiguous, and a packed seque
 Speech form: ASR n-best lists, the service's main input, are lower-case words without
 punctuation, while most training text is edited prose. ``plain_fraction`` of the documents
 (chosen by a hash of their text, like the held-out ones) are trained in that form instead, so
-the energy model has seen unpunctuated sentences and does not spend its energies on missing
-commas.
+the energy model sees unpunctuated sentences too. (On the Common Voice lists it did not change
+re-ranking; docs/TRAINING.md.)
 """
 
 from __future__ import annotations
