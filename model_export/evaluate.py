@@ -27,6 +27,7 @@ The tables are in eval_report.py, the command line in eval_cli.py.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import defaultdict
@@ -51,7 +52,6 @@ from model_export.eval_sets import (
     sample_pairs,
 )
 from model_export.scorers import CachedScorer, Scorer
-from service.corpus_metrics import word_errors
 from service.scoring import RANK_PRIORS, Weights
 from service.tuning import (
     NbestMatrix,
@@ -79,12 +79,19 @@ def _asr_matrix(lists: Sequence[NbestList], scores: dict[str, tuple[float, int]]
         for lst in lists])
 
 
-def _asr_pairs(lists: Sequence[NbestList]) -> list[tuple[str, str, bool]]:
-    """(fewer errors, more errors, the latter is the 1-best) over equal-length hypotheses."""
+def _with_prior(m: NbestMatrix, prior: str) -> NbestMatrix:
+    """``m`` with another rank prior: the word errors are not computed again."""
+    ranks = np.array([RANK_PRIORS[prior](r) for r in range(m.base.shape[1])])
+    return dataclasses.replace(m, base=np.where(m.valid, ranks[None, :], 0.0))
+
+
+def _asr_pairs(lists: Sequence[NbestList], m: NbestMatrix) -> list[tuple[str, str, bool]]:
+    """(fewer errors, more errors, the latter is the 1-best) over equal-length hypotheses;
+    the errors are the WER statistics ``m`` already holds."""
     out = []
-    for lst in lists:
-        texts = list(dict.fromkeys(lst.hypotheses))
-        errors = {t: word_errors(lst.reference, t)[0] for t in texts}
+    for i, lst in enumerate(lists):
+        errors = dict(zip(lst.hypotheses, m.stats[i, :len(lst.hypotheses), 0]))
+        texts = list(errors)
         for a in texts:
             for b in texts:
                 if errors[a] < errors[b] and len(a.split()) == len(b.split()):
@@ -97,9 +104,10 @@ def measure_asr(scorer: Scorer, lists: Sequence[NbestList]) -> tuple[dict[str, A
     texts = list(dict.fromkeys(h for lst in lists for h in lst.hypotheses))
     scores = dict(zip(texts, scorer.score(texts)))
     tune = np.array([in_tuning_half(lst.id) for lst in lists])
+    first = _asr_matrix(lists, scores, FITTED_PRIORS[0])
     fits = {}
     for prior in FITTED_PRIORS:
-        m = _asr_matrix(lists, scores, prior)
+        m = _with_prior(first, prior)
         fits[prior] = (grid_search(m.subset(tune)), m)
     # The prior with the lower tuning WER; linear on a tie (it is the simpler to explain).
     prior = min(fits, key=lambda p: (fits[p][0].wer, p != "linear"))
@@ -108,7 +116,7 @@ def measure_asr(scorer: Scorer, lists: Sequence[NbestList]) -> tuple[dict[str, A
     report = m.subset(~tune)
     beam = corpus_wer(report, np.zeros(report.lists, dtype=np.int64))
     reranked = corpus_wer(report, chosen[~tune])
-    pairs = _asr_pairs(lists)
+    pairs = _asr_pairs(lists, first)
     right = np.array([scores[a][0] > scores[b][0] for a, b, _ in pairs], dtype=bool)
     against_beam = np.array([beam_is_worse for _, _, beam_is_worse in pairs], dtype=bool)
     return {
