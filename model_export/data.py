@@ -1,7 +1,9 @@
 """Training data: text corpora -> token ids -> packed sequences -> seeded, resumable batches.
 
 Corpus format: UTF-8 text, optionally gzipped; one sentence or paragraph per line; a blank line
-ends a document. Shapes: B batch, T sequence (specials included), N tokens, S sentences,
+ends a document. Paragraph lines are split into sentences before tokenizing (``split_sentences``):
+packing never cuts a sentence, so a whole paragraph longer than a sequence would otherwise lose
+everything past its first ``max_len`` tokens. Shapes: B batch, T sequence (specials included), N tokens, S sentences,
 D documents.
 
 Tokenized corpora are cached as flat arrays in one ``.npz`` file (no pickle): the token ids of
@@ -33,7 +35,7 @@ import torch
 from tokenizers import Tokenizer
 
 # Bump when the cache layout or the tokenization rules change, so old caches are rebuilt.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,22 @@ def in_speech_form(lines: list[str], fraction: float) -> bool:
     return _hash_fraction(lines, b"speech") < fraction
 
 
+# A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) before white
+# space and an upper-case letter, digit or opening quote. Abbreviations ("Mr. Smith") split too;
+# that costs nothing, because packing joins consecutive sentences of a document again.
+_SENTENCE_END = re.compile(r"""(?<=[.!?])(?:["')\]\u201d\u2019]*)\s+(?=["'(\[\u201c\u2018]?[A-Z0-9])""")
+
+
+def split_sentences(line: str) -> list[str]:
+    """A paragraph line as its sentences; a line with one sentence comes back whole."""
+    pieces, begin = [], 0
+    for match in _SENTENCE_END.finditer(line):
+        pieces.append(line[begin:match.start() + len(match.group(0).rstrip())].strip())
+        begin = match.end()
+    pieces.append(line[begin:].strip())
+    return [p for p in pieces if p]
+
+
 _APOSTROPHES = re.compile(r"(?<=\w)['\u2019](?=\w)")
 _SPACES = re.compile(r"\s+")
 
@@ -114,6 +132,7 @@ class TokenizedCorpus:
     sentence_starts: np.ndarray  # (S+1,) int64 offsets into tokens
     document_starts: np.ndarray  # (D+1,) int64 offsets into sentences
     heldout: np.ndarray  # (D,) bool, the document is held out for cloze evaluation
+    source: np.ndarray  # (D,) int16, index of the corpus file the document came from
 
     @property
     def num_documents(self) -> int:
@@ -127,10 +146,14 @@ def tokenize_corpora(corpora: list[Path], tokenizer: Tokenizer, heldout_fraction
     sentence_lengths: list[np.ndarray] = []
     doc_sizes: list[int] = []
     heldout: list[bool] = []
-    for path in corpora:
-        documents = list(read_documents(path))
-        lines = [speech_form(line) if in_speech_form(doc, plain_fraction) else line
-                 for doc in documents for line in doc]
+    source: list[int] = []
+    for index, path in enumerate(corpora):
+        documents = [[sentence for line in doc for sentence in split_sentences(line)]
+                     for doc in read_documents(path)]
+        # One hash per document, not per line: a book is one document of thousands of lines.
+        spoken = [plain_fraction > 0 and in_speech_form(doc, plain_fraction) for doc in documents]
+        lines = [speech_form(line) if speak else line
+                 for doc, speak in zip(documents, spoken) for line in doc]
         # One batched call per file: the Rust side runs it on every core.
         encodings = tokenizer.encode_batch(lines, add_special_tokens=False)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(lines))
@@ -145,12 +168,13 @@ def tokenize_corpora(corpora: list[Path], tokenizer: Tokenizer, heldout_fraction
                 sentence_lengths.append(doc_lengths)
                 doc_sizes.append(len(doc_lengths))
                 heldout.append(is_heldout(doc, heldout_fraction))
+                source.append(index)
     all_lengths = np.concatenate(sentence_lengths) if sentence_lengths else np.zeros(0, np.int64)
     return TokenizedCorpus(
         tokens=np.concatenate(chunks) if chunks else np.zeros(0, np.int32),
         sentence_starts=np.concatenate([[0], np.cumsum(all_lengths)]).astype(np.int64),
         document_starts=np.concatenate([[0], np.cumsum(doc_sizes, dtype=np.int64)]).astype(np.int64),
-        heldout=np.asarray(heldout, dtype=bool))
+        heldout=np.asarray(heldout, dtype=bool), source=np.asarray(source, dtype=np.int16))
 
 
 def _cache_key(corpora: list[Path], tokenizer_path: Path, heldout_fraction: float,
@@ -179,13 +203,13 @@ def load_or_tokenize(corpora: list[Path], tokenizer_path: Path, cache_path: Path
                 return TokenizedCorpus(tokens=cached["tokens"],
                                        sentence_starts=cached["sentence_starts"],
                                        document_starts=cached["document_starts"],
-                                       heldout=cached["heldout"])
+                                       heldout=cached["heldout"], source=cached["source"])
     corpus = tokenize_corpora(corpora, load_tokenizer(tokenizer_path), heldout_fraction,
                               plain_fraction)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_path.with_name(cache_path.name + ".tmp.npz")
     np.savez(tmp, key=np.array(key), tokens=corpus.tokens, sentence_starts=corpus.sentence_starts,
-             document_starts=corpus.document_starts, heldout=corpus.heldout)
+             document_starts=corpus.document_starts, heldout=corpus.heldout, source=corpus.source)
     tmp.replace(cache_path)
     return corpus
 
@@ -198,13 +222,15 @@ class PackedSequences:
     starts: np.ndarray  # (M,) int64
     ends: np.ndarray  # (M,) int64
     heldout: np.ndarray  # (M,) bool, from the sequence's document
+    source: np.ndarray  # (M,) int16, the corpus file of the sequence's document
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def subset(self, heldout: bool) -> PackedSequences:
         keep = self.heldout == heldout
-        return PackedSequences(self.tokens, self.starts[keep], self.ends[keep], self.heldout[keep])
+        return PackedSequences(self.tokens, self.starts[keep], self.ends[keep], self.heldout[keep],
+                               self.source[keep])
 
     def sequence(self, i: int, special: SpecialIds) -> np.ndarray:
         """One framed sequence, (T,) int64."""
@@ -225,8 +251,10 @@ def pack(corpus: TokenizedCorpus, max_len: int) -> PackedSequences:
     starts: list[int] = []
     ends: list[int] = []
     heldout: list[bool] = []
+    doc_of_sequence: list[int] = []
     for d in range(corpus.num_documents):
         held = bool(corpus.heldout[d])
+        first = len(starts)
         begin = end = sent[docs[d]]  # the open sequence is tokens[begin:end]
         for s in range(docs[d], docs[d + 1]):
             a, b = sent[s], sent[s + 1]
@@ -242,8 +270,10 @@ def pack(corpus: TokenizedCorpus, max_len: int) -> PackedSequences:
                 begin, end = a, b
         if end > begin:
             starts.append(begin), ends.append(end), heldout.append(held)
+        doc_of_sequence.extend([d] * (len(starts) - first))
     return PackedSequences(corpus.tokens, np.asarray(starts, np.int64), np.asarray(ends, np.int64),
-                           np.asarray(heldout, bool))
+                           np.asarray(heldout, bool),
+                           corpus.source[np.asarray(doc_of_sequence, np.int64)].astype(np.int16))
 
 
 @dataclass
@@ -283,26 +313,51 @@ class BatchStream:
     little compute, while the batch order stays random. The ``len % batch_size`` sequences
     left over by an epoch's permutation sit that epoch out (a different few each epoch).
     Resuming at step ``s`` needs nothing but ``s``: no iterator state to checkpoint.
+
+    ``weights`` (one per corpus file, by ``sequences.source``) mixes the corpora: an epoch holds
+    every sequence of a corpus of weight w ``floor(w)`` times, plus a fresh draw (without
+    replacement) of ``round(frac(w) * n)`` of its n sequences, so the epoch's length is fixed
+    and a weight below 1 subsamples a large corpus differently each epoch.
     """
 
     def __init__(self, sequences: PackedSequences, special: SpecialIds, batch_size: int,
-                 seed: int, bucket: int = 50):
+                 seed: int, bucket: int = 50, weights: list[float] | None = None):
         if len(sequences) == 0:
             raise ValueError("no training sequences: the corpora are empty or all held out")
         self.sequences = sequences
         self.special = special
-        self.batch_size = min(batch_size, len(sequences))
         self.seed = seed
         self.bucket = bucket
-        self.batches_per_epoch = len(sequences) // self.batch_size
+        self._members: list[tuple[np.ndarray, int, int]] = []  # (indices, whole copies, extra)
+        if weights is not None:
+            for source, weight in enumerate(weights):
+                if weight < 0:
+                    raise ValueError(f"corpus weight {weight} of corpus {source} is negative")
+                members = np.flatnonzero(sequences.source == source)
+                whole = int(weight)
+                self._members.append((members, whole, round((weight - whole) * len(members))))
+        size = (sum(len(m) * whole + extra for m, whole, extra in self._members)
+                if weights is not None else len(sequences))
+        if size == 0:
+            raise ValueError("no training sequences: every corpus with sequences has weight 0")
+        self.batch_size = min(batch_size, size)
+        self.batches_per_epoch = size // self.batch_size
         self._epoch = -1
         self._batches: list[np.ndarray] = []
+
+    def _pool(self, rng: np.random.Generator) -> np.ndarray:
+        """Sequence indices of one weighted epoch, before shuffling."""
+        parts = [np.tile(members, whole) for members, whole, _ in self._members]
+        parts += [rng.choice(members, extra, replace=False)
+                  for members, _, extra in self._members if extra]
+        return np.concatenate(parts)
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         """The sequence indices of every batch of ``epoch``, in order."""
         rng = np.random.default_rng([self.seed, epoch])
         B = self.batch_size
-        order = rng.permutation(len(self.sequences))[:self.batches_per_epoch * B]
+        population = self._pool(rng) if self._members else len(self.sequences)
+        order = rng.permutation(population)[:self.batches_per_epoch * B]
         lengths = (self.sequences.ends - self.sequences.starts)[order]
         batches: list[np.ndarray] = []
         for lo in range(0, len(order), self.bucket * B):

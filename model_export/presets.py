@@ -88,6 +88,11 @@ class TrainConfig:
     plain_fraction: float = 0.0
     """Fraction of documents (chosen by another hash) trained in speech form: lower case, no
     punctuation, as ASR n-best lists are written (data.speech_form)."""
+    corpus_weights: str = ""
+    """Mixes the corpora: ``name=weight,...`` with ``name`` a corpus file's name without
+    ``.txt``/``.txt.gz``; unnamed files weigh 1. A weight of 2 puts every sequence of that file
+    twice into each epoch, 0.5 a fresh half (data.BatchStream). For up-weighting small text that
+    is close to what users score, and down-weighting a large corpus far from it."""
     eval_sequences: int = 256
     """Held-out sequences scored at each evaluation (a fixed, deterministic subset)."""
     log_every: int = 10
@@ -121,6 +126,10 @@ class TrainConfig:
             (self.eval_every >= 0 and self.warmup >= 0 and self.threads >= 0,
              "eval_every, warmup and threads must be >= 0"),
         ]
+        try:
+            parse_corpus_weights(self.corpus_weights)
+        except ValueError as exc:
+            checks.append((False, str(exc)))
         errors = [message for ok, message in checks if not ok]
         if errors:
             raise ValueError("invalid TrainConfig: " + "; ".join(errors))
@@ -136,6 +145,28 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         _check_keys(data)
         return cls(**data)
+
+
+def parse_corpus_weights(text: str) -> dict[str, float]:
+    """``"wiki=4,gutenberg_01=0.4"`` -> ``{"wiki": 4.0, "gutenberg_01": 0.4}``."""
+    weights: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value) if sep and name.strip() else -1.0
+        except ValueError:
+            weight = -1.0
+        if not weight >= 0:  # also refuses NaN
+            raise ValueError(f"corpus_weights item {item!r} is not name=weight with weight >= 0")
+        weights[name.strip()] = weight
+    return weights
+
+
+def corpus_stem(path_name: str) -> str:
+    """A corpus file's name without ``.gz`` and ``.txt``: what ``corpus_weights`` names."""
+    for suffix in (".gz", ".txt"):
+        path_name = path_name.removesuffix(suffix)
+    return path_name
 
 
 def _check_keys(data: dict[str, Any]) -> None:

@@ -49,7 +49,7 @@ from model_export.data import (
 from model_export.model import Electric
 from model_export.nce import NCEConfig, NoiseModel, TwoTowerNoise, choose_positions, nce_loss
 from model_export.ngram import NgramCloze
-from model_export.presets import TrainConfig
+from model_export.presets import TrainConfig, corpus_stem, parse_corpus_weights
 from model_export.run_files import (
     CHECKPOINT,
     FINAL,
@@ -285,6 +285,18 @@ def framed(sequences: PackedSequences, special: SpecialIds, limit: int | None = 
     return [sequences.sequence(int(i), special) for i in index]
 
 
+def corpus_weights(cfg: TrainConfig, corpora: list[Path]) -> list[float] | None:
+    """One weight per corpus file from ``cfg.corpus_weights``; None when it is empty."""
+    named = parse_corpus_weights(cfg.corpus_weights)
+    if not named:
+        return None
+    stems = [corpus_stem(p.name) for p in corpora]
+    unknown = sorted(set(named) - set(stems))
+    if unknown:
+        raise ValueError(f"corpus_weights names {unknown}, which are not among the corpora {stems}")
+    return [named.get(stem, 1.0) for stem in stems]
+
+
 def train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
           tokenizer_path: Path | None = None) -> Path:
     """Train (or resume) a run; returns the path of ``final.safetensors``.
@@ -331,8 +343,9 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
     needs_counts = not resuming or (cfg.noise == "ngram" and not (run_dir / "ngram.npz").exists())
     train_seqs = framed(train_part, special) if needs_counts else []
     noise = make_noise(cfg, model, train_seqs, special, run_dir)
-    trainer = Trainer(cfg, model, noise, BatchStream(train_part, special, cfg.batch_size, cfg.seed),
-                      device)
+    stream = BatchStream(train_part, special, cfg.batch_size, cfg.seed,
+                         weights=corpus_weights(cfg, corpora))
+    trainer = Trainer(cfg, model, noise, stream, device)
 
     if resuming:
         state = trainer.load(ckpt)
@@ -373,7 +386,10 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
 
     facts = {"preset": cfg.name, "warm_start": state["warm_start"],
              **({"init_from": state["init_from"]} if "init_from" in state else {}),
-             "corpora": [p.name for p in corpora], "noise": cfg.noise,
+             "corpora": [p.name for p in corpora],
+             **({"corpus_weights": dict(zip((p.name for p in corpora), weights))}
+                if (weights := corpus_weights(cfg, corpora)) else {}),
+             "noise": cfg.noise,
              "noise_pretrain_steps": cfg.noise_pretrain_steps, "steps": cfg.steps,
              "batch_size": cfg.batch_size, "max_len": cfg.max_len,
              "tokens_seen": state["tokens_seen"], "sequences_seen": state["sequences_seen"],

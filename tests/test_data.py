@@ -18,6 +18,7 @@ from model_export.data import (
     pack,
     read_documents,
     speech_form,
+    split_sentences,
     tokenize_corpora,
 )
 
@@ -164,7 +165,8 @@ def test_cache_is_reused_and_invalidated(corpus_file: Path, tiny_tokenizer_path:
     with np.load(cache, allow_pickle=False) as z:  # a new setting is a new cache
         assert '"plain_fraction": 1.0' in str(z["key"])
     with np.load(cache, allow_pickle=False) as z:  # plain arrays: no pickle needed to read
-        assert set(z.files) == {"key", "tokens", "sentence_starts", "document_starts", "heldout"}
+        assert set(z.files) == {"key", "tokens", "sentence_starts", "document_starts", "heldout",
+                                "source"}
 
 
 def test_batch_order_is_a_function_of_seed_and_step(corpus_file: Path,
@@ -181,3 +183,44 @@ def test_batch_order_is_a_function_of_seed_and_step(corpus_file: Path,
     assert any(x.shape != y.shape or (x != y).any() for x, y in zip(run, other))
     epoch = np.concatenate(stream.epoch_batches(0))
     assert len(epoch) == len(set(epoch.tolist())) == stream.batches_per_epoch * 3
+
+
+@pytest.mark.parametrize(("line", "sentences"), [
+    ("One sentence only.", ["One sentence only."]),
+    ("It rained. We stayed in! Did you?", ["It rained.", "We stayed in!", "Did you?"]),
+    ('He said "Stop." Then 3 men came.', ['He said "Stop."', "Then 3 men came."]),
+    ("no capital after. so one piece", ["no capital after. so one piece"]),
+    ("  spaced.   Out  ", ["spaced.", "Out"]),
+])
+def test_split_sentences(line: str, sentences: list[str]) -> None:
+    assert split_sentences(line) == sentences
+
+
+def test_paragraph_lines_are_split_so_packing_keeps_their_tail(tmp_path: Path,
+                                                               tiny_tokenizer_path: Path) -> None:
+    paragraph = " ".join(["The cat sat on the mat."] * 8)  # longer than one sequence
+    tok = load_tokenizer(tiny_tokenizer_path)
+    corpus = tokenize_corpora([write_corpus(tmp_path / "p.txt", [[paragraph]])], tok, 0.0)
+    assert len(corpus.sentence_starts) - 1 == 8
+    packed = pack(corpus, 16)
+    assert (packed.ends - packed.starts).sum() == len(corpus.tokens)  # nothing dropped
+
+
+def test_corpus_weights_repeat_and_subsample_whole_corpora(tmp_path: Path,
+                                                            tiny_tokenizer_path: Path) -> None:
+    tok = load_tokenizer(tiny_tokenizer_path)
+    special = SpecialIds.from_tokenizer(tok)
+    small = write_corpus(tmp_path / "small.txt", [[f"the {w} sat"] for w in ("cat", "dog")])
+    large = write_corpus(tmp_path / "large.txt", [[f"a {w} ran"] for w in "abcdefghijklmnop"])
+    packed = pack(tokenize_corpora([small, large], tok, 0.0), 8)
+    assert list(np.bincount(packed.source)) == [2, 16]
+    stream = BatchStream(packed, special, batch_size=2, seed=3, weights=[3.0, 0.25])
+    assert stream.batches_per_epoch == (2 * 3 + 4) // 2
+    for epoch in range(3):
+        rows = np.concatenate(stream.epoch_batches(epoch))
+        assert list(np.bincount(packed.source[rows], minlength=2)) == [6, 4]
+        assert sorted(np.bincount(rows[packed.source[rows] == 0])) == [3, 3]
+    assert (set(np.concatenate(stream.epoch_batches(0)).tolist())
+            != set(np.concatenate(stream.epoch_batches(1)).tolist()))  # a fresh quarter each epoch
+    with pytest.raises(ValueError, match="weight 0"):
+        BatchStream(packed, special, batch_size=2, seed=3, weights=[0.0, 0.0])

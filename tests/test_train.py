@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from model_export.data import BatchStream, SpecialIds, load_tokenizer, pack, tokenize_corpora
 from model_export.nce import TwoTowerNoise
 from model_export.presets import TRAIN_PRESETS, TrainConfig, preset
-from model_export.train import Trainer, build_model, lr_factor, train
+from model_export.train import Trainer, build_model, corpus_weights, lr_factor, train
 
 ADJ = ["big", "small", "old", "new", "red", "good", "bad"]
 NOUN = ["cat", "dog", "bird", "man", "woman", "child", "house", "tree", "car", "book"]
@@ -189,3 +189,15 @@ def test_presets_and_unknown_keys() -> None:
         preset("tiny", noise="ngram", noise_pretrain_steps=3)
     with pytest.raises(ValueError, match="unknown TrainConfig keys"):
         TrainConfig.from_dict({**TrainConfig().to_dict(), "extra": 1})
+    for bad in ("wiki", "wiki=-1", "wiki=x", "=2", "wiki=nan"):
+        with pytest.raises(ValueError, match="corpus_weights item"):
+            preset("tiny", corpus_weights=bad)
+
+
+def test_corpus_weights_name_the_files_by_stem(tmp_path: Path) -> None:
+    files = [tmp_path / "wiki.txt.gz", tmp_path / "books.txt", tmp_path / "talk.txt"]
+    cfg = preset("tiny", corpus_weights="wiki=4, books=0.5")
+    assert corpus_weights(cfg, files) == [4.0, 0.5, 1.0]
+    assert corpus_weights(preset("tiny"), files) is None
+    with pytest.raises(ValueError, match=r"names \['news'\]"):
+        corpus_weights(preset("tiny", corpus_weights="news=2"), files)
