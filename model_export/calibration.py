@@ -16,6 +16,13 @@ per MatMul, from the float activations the node really sees:
   largest values in float raises the node's SQNR by ``OUTLIER_MIN_GAIN_DB`` or more (the FFN
   down-projections, whose GELU inputs have rare spikes), they leave the int8 product and go
   through a small float MatMul instead (Dettmers et al. 2022, "LLM.int8()", with fixed channels).
+- **7-bit weights** (``WEIGHT_MAX``): the integer product must be exact on every CPU, and x86
+  CPUs without VNNI (AVX2 only, common in clouds) multiply uint8 by int8 with ``vpmaddubsw``,
+  which adds each pair of adjacent products into a *saturating* int16. With activations up to
+  255 and weights in [-63, 63] a pair is at most 2 * 255 * 63 = 32,130 < 32,767, so no sum can
+  saturate and AVX2, AVX-512, VNNI, AMX and ARM64 kernels all compute the same int32 result
+  (tests/test_quantize.py emulates the AVX2 pair sum to prove it; docs/EXPORT.md has the
+  measurements, including uint8 weights, which are exact too but 3x slower on VNNI).
 - **Weight rounding**: GPTQ (Frantar et al. 2023, algorithm 1 without lazy batches): rows of W
   are rounded one at a time and the rounding error is pushed onto the rows not yet rounded,
   weighted by the calibration inputs' Hessian ``X^T X``; per-output-channel scales stay absmax.
@@ -43,6 +50,8 @@ MAX_ROWS = 4096
 ALPHAS: tuple[float | None, ...] = (None, 0.25, 0.5, 0.75)
 OUTLIER_CHANNELS = 4
 OUTLIER_MIN_GAIN_DB = 2.0
+WEIGHT_MAX = 63
+"""Largest |integer weight|: 2 * 255 * 63 fits a signed 16-bit pair sum (module docstring)."""
 GPTQ_DAMPING = 0.01
 """Added to the Hessian's diagonal, relative to its mean: keeps the inverse stable when the
 calibration rows do not span every input direction (GPTQ, section 4, uses the same 1%)."""
@@ -181,14 +190,14 @@ def quantize_rows(x: np.ndarray, zero_point: int) -> np.ndarray:
 
 
 def _weight_scale(w: np.ndarray) -> np.ndarray:
-    scale = np.abs(w).max(axis=0) / 127.0  # (N,)
+    scale = np.abs(w).max(axis=0) / WEIGHT_MAX  # (N,)
     scale[scale == 0] = 1.0
     return scale
 
 
 def gptq(w: np.ndarray, x: np.ndarray, scale: np.ndarray,
          damping: float = GPTQ_DAMPING) -> np.ndarray:
-    """(K, N) int8 rounding of ``w`` that keeps ``x @ w`` close, with fixed per-column ``scale``."""
+    """(K, N) int8 rounding (within +-WEIGHT_MAX) of ``w`` that keeps ``x @ w`` close, with fixed per-column ``scale``."""
     K = w.shape[0]
     H = x.T.astype(np.float64) @ x.astype(np.float64)  # (K, K)
     dead = np.diag(H) == 0  # channels never active (e.g. the float outliers): nothing to keep
@@ -198,7 +207,7 @@ def gptq(w: np.ndarray, x: np.ndarray, scale: np.ndarray,
     W = w.astype(np.float64).copy()
     Q = np.zeros(w.shape, dtype=np.int8)
     for k in range(K):
-        q = np.clip(np.round(W[k] / scale), -127, 127)
+        q = np.clip(np.round(W[k] / scale), -WEIGHT_MAX, WEIGHT_MAX)
         Q[k] = q
         err = (W[k] - q * scale) / U[k, k]  # (N,)
         W[k + 1:] -= np.outer(U[k, k + 1:], err)
@@ -216,7 +225,7 @@ def _candidate(x: np.ndarray, y: np.ndarray, absmax: np.ndarray, w: np.ndarray,
     ws[idx] = 0.0
     zp = _zero_point(xs)
     scale = _weight_scale(ws)
-    wq = np.clip(np.round(ws / scale), -127, 127) * scale
+    wq = np.clip(np.round(ws / scale), -WEIGHT_MAX, WEIGHT_MAX) * scale
     y_hat = quantize_rows(xs, zp) @ wq + x[:, idx] @ w[idx]
     noise = float(((y - y_hat) ** 2).mean())
     db = 10 * np.log10(float((y ** 2).mean()) / noise) if noise > 0 else float("inf")

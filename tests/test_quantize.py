@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from tiny_models import SENTENCES, build_tiny_electric, encode_padded
 
 from model_export.calibration import (
+    WEIGHT_MAX,
     Activations,
     gptq,
     plan_node,
@@ -179,8 +180,8 @@ def test_gptq_beats_round_to_nearest():
     mix = rng.normal(size=(48, 48))
     x = rng.normal(size=(600, 48)) @ mix  # correlated channels, as real activations are
     w = rng.normal(size=(48, 16))
-    scale = np.abs(w).max(axis=0) / 127
-    nearest = np.clip(np.round(w / scale), -127, 127)
+    scale = np.abs(w).max(axis=0) / WEIGHT_MAX
+    nearest = np.clip(np.round(w / scale), -WEIGHT_MAX, WEIGHT_MAX)
 
     def error(q: np.ndarray) -> float:
         return float(((x @ w - x @ (q * scale)) ** 2).mean())
