@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.timing import best_seconds
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from service.cpu import describe_cpu
 
 
 def describe() -> dict[str, Any]:
@@ -27,7 +17,7 @@ def describe() -> dict[str, Any]:
     import onnxruntime as ort
 
     facts: dict[str, Any] = {
-        "cpu": cpu_model(),
+        **describe_cpu(),
         "cores": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),

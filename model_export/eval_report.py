@@ -87,6 +87,10 @@ def format_table(results: dict[str, Any]) -> str:
                         [[g["a"], g["b"], _pct(g.get("asr_same_choice")),
                           _pct(g.get("zorro_same_decision")), _pct(g.get("mt_same_order"))]
                          for g in results["agreement"]])
+    machine = results.get("measured_on")
+    if machine:
+        flags = " ".join(machine["cpu_flags"]) or "unknown"
+        lines += ["", f"Measured on: {machine['cpu']} ({machine['machine']}), CPU flags {flags}"]
     lines += ["", f"Wall time: {results['wall_seconds']:.0f} s"
               + "".join(f"; {k} {v:.0f} s" for k, v in results.get("setup_seconds", {}).items())]
     return "\n".join(lines)
@@ -111,4 +115,5 @@ def manifest_summary(results: dict[str, Any], name: str) -> dict[str, Any]:
     return {"dev_sets": [files[m] for m in results["measures"]], "scorer": name,
             **brief(results["scorers"][name]),
             "baselines": {k: brief(v) for k, v in results["scorers"].items() if k != name},
-            "agreement": results.get("agreement", [])}
+            "agreement": results.get("agreement", []),
+            **({"measured_on": results["measured_on"]} if "measured_on" in results else {})}

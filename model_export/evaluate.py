@@ -52,6 +52,7 @@ from model_export.eval_sets import (
     sample_pairs,
 )
 from model_export.scorers import CachedScorer, Scorer
+from service.cpu import describe_cpu
 from service.scoring import RANK_PRIORS, Weights
 from service.tuning import (
     NbestMatrix,
@@ -205,8 +206,11 @@ def evaluate(scorers: dict[str, Scorer], eval_dir: Path, *, limit_pairs: int | N
              if "zorro" in measures else [])
     mt = read_mt(eval_dir / MT_FILE) if "mt" in measures else []
 
+    # int8 answers are the same on every CPU (calibration.WEIGHT_MAX); the machine is recorded
+    # anyway, so that a figure can always be traced to what it ran on.
     results: dict[str, Any] = {"eval_dir": str(eval_dir), "limit_pairs": limit_pairs,
-                               "seed": seed, "measures": list(measures), "scorers": {}}
+                               "seed": seed, "measures": list(measures),
+                               "measured_on": describe_cpu(), "scorers": {}}
     cached = {name: CachedScorer(scorer) for name, scorer in scorers.items()}
     decisions: dict[str, dict[str, np.ndarray]] = {}
     for name, scorer in cached.items():
