@@ -173,13 +173,12 @@ async def rerank(body: RerankRequest, request: Request,
         except TooLong as exc:
             raise exc.at(body.where(texts[exc.index])) from None
         scores = dict(zip(texts, await unless_client_leaves(request, runtime.score(encoded))))
-    weights = runtime.weights(body.lm_weight, body.length_bonus)
-    ranked = [RankedList(id=lst.id, hypotheses=rank(lst.hypotheses, scores, weights,
-                                                    body.rank_prior))
+    weights = runtime.weights(body.lm_weight, body.length_bonus, body.rank_prior)
+    ranked = [RankedList(id=lst.id, hypotheses=rank(lst.hypotheses, scores, weights))
               for lst in lists]
     return RerankResponse(
         model=runtime.manifest.name, lm_weight=weights.lm_weight,
-        length_bonus=weights.length_bonus, rank_prior=body.rank_prior,
+        length_bonus=weights.length_bonus, rank_prior=weights.rank_prior,
         hypotheses=ranked[0].hypotheses if body.lists is None else None,
         lists=ranked if body.lists is not None else None)
 

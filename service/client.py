@@ -131,20 +131,18 @@ class ElectricError(Exception):
 def _hypothesis(h: HypothesisLike) -> str | dict[str, Any]:
     if isinstance(h, str):
         return h
-    if isinstance(h, Hypothesis):
-        return {"text": h.text, "score": h.score}
+    if isinstance(h, Hypothesis):  # one made without a score has none, as the service reads it
+        return h.model_dump(include={"text"} | ({"score"} & h.model_fields_set))
     text, score = h
     return {"text": text, "score": score}
 
 
 def _rerank_body(lm_weight: float | None, length_bonus: float | None, truncate: bool,
-                 rank_prior: str, **form: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {**form, "truncate": truncate, "rank_prior": rank_prior}
-    if lm_weight is not None:
-        body["lm_weight"] = lm_weight
-    if length_bonus is not None:
-        body["length_bonus"] = length_bonus
-    return body
+                 rank_prior: str | None, **form: Any) -> dict[str, Any]:
+    """What is not given stays out of the body: the service's manifest decides it."""
+    body: dict[str, Any] = {**form, "truncate": truncate}
+    given = {"lm_weight": lm_weight, "length_bonus": length_bonus, "rank_prior": rank_prior}
+    return {**body, **{k: v for k, v in given.items() if v is not None}}
 
 
 def _list_body(lst: HypothesisList | Mapping[str, Any]) -> dict[str, Any]:
@@ -183,7 +181,7 @@ class ElectricClient(_Common):
 
     def rerank(self, hypotheses: Sequence[HypothesisLike], *, lm_weight: float | None = None,
                length_bonus: float | None = None, truncate: bool = False,
-               rank_prior: str = "none") -> RerankResponse:
+               rank_prior: str | None = None) -> RerankResponse:
         """One n-best list; the answer's ``hypotheses`` holds it sorted, best first."""
         body = _rerank_body(lm_weight, length_bonus, truncate, rank_prior,
                             hypotheses=[_hypothesis(h) for h in hypotheses])
@@ -191,7 +189,7 @@ class ElectricClient(_Common):
 
     def rerank_lists(self, lists: Sequence[HypothesisList | Mapping[str, Any]], *,
                      lm_weight: float | None = None, length_bonus: float | None = None,
-                     truncate: bool = False, rank_prior: str = "none") -> RerankResponse:
+                     truncate: bool = False, rank_prior: str | None = None) -> RerankResponse:
         """Several lists (``{"id", "hypotheses"}``) in one request; the answer's ``lists``."""
         body = _rerank_body(lm_weight, length_bonus, truncate, rank_prior,
                             lists=[_list_body(lst) for lst in lists])
@@ -244,14 +242,14 @@ class AsyncElectricClient(_Common):
 
     async def rerank(self, hypotheses: Sequence[HypothesisLike], *,
                      lm_weight: float | None = None, length_bonus: float | None = None,
-                     truncate: bool = False, rank_prior: str = "none") -> RerankResponse:
+                     truncate: bool = False, rank_prior: str | None = None) -> RerankResponse:
         body = _rerank_body(lm_weight, length_bonus, truncate, rank_prior,
                             hypotheses=[_hypothesis(h) for h in hypotheses])
         return self._parse(await self._send("POST", "/v1/rerank", body), RerankResponse)
 
     async def rerank_lists(self, lists: Sequence[HypothesisList | Mapping[str, Any]], *,
                            lm_weight: float | None = None, length_bonus: float | None = None,
-                           truncate: bool = False, rank_prior: str = "none") -> RerankResponse:
+                           truncate: bool = False, rank_prior: str | None = None) -> RerankResponse:
         body = _rerank_body(lm_weight, length_bonus, truncate, rank_prior,
                             lists=[_list_body(lst) for lst in lists])
         return self._parse(await self._send("POST", "/v1/rerank", body), RerankResponse)

@@ -6,9 +6,12 @@ process or by a service (--url); each list is then sorted by
 /v1/rerank does (service/scoring.py ``rank``), and the file is written back in its own format.
 
 The base score is the system's own score from the file. A list that carries none (the plain
-JSONL of beam-ordered hypotheses, a Kaldi file without score files) gets 0 for every
-hypothesis, or with ``--rank-prior`` a prior on its beam position: ``linear`` -rank or ``log``
--ln(1 + rank), which keeps the recogniser's order as evidence when its scores are lost.
+JSONL of beam-ordered hypotheses, a Kaldi file without score files) gets a prior on its beam
+position instead: ``none`` 0, ``linear`` -rank or ``log`` -ln(1 + rank), which keeps the
+recogniser's order as evidence when its scores are lost. Weights and prior are resolved as
+/v1/rerank resolves them (service/scoring.py ``resolve_weights``): the command line's, else the
+``--weights`` file's, else the manifest's, so that weights come with the prior they were
+fitted with.
 
 When lists have references, the corpus metric (WER by default; BLEU or chrF for MT) is reported
 for the base scores alone (before), the re-ranked choice (after) and the best choice (oracle).
@@ -29,7 +32,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, FiniteFloat
 
-from service.artifact import ArtifactError
+from service.artifact import ArtifactError, RankPrior
 from service.client import ElectricError
 from service.corpus_metrics import METRICS, format_value, metric_named
 from service.nbest import (
@@ -44,7 +47,8 @@ from service.nbest import (
 from service.progress import Progress
 from service.schemas import Hypothesis, RankedHypothesis, SentenceScore
 from service.scorers import TextRefused, TextScorer, add_scorer_arguments, open_scorer
-from service.scoring import RANK_PRIORS, Weights, rank
+from service.scoring import RANK_PRIORS, Weights, rank, resolve_weights
+from service.scoring import base_scores as _base_scores
 from service.tuning import TuningList, choose, corpus_value, nbest_matrix, oracle_value
 
 CLI_ERRORS = (NbestFormatError, TextRefused, ElectricError, ArtifactError, httpx.HTTPError,
@@ -89,11 +93,9 @@ def load_document(args: argparse.Namespace) -> NbestDocument:
     return read_nbest(args.format, args.input, options)
 
 
-def base_scores(lst: NbestList, prior: str) -> list[float]:
+def base_scores(lst: NbestList, prior: RankPrior) -> list[float]:
     """The file's scores (0 for a hypothesis without one), or the prior where none has one."""
-    if any(c.base_score is not None for c in lst.candidates):
-        return [c.base_score or 0.0 for c in lst.candidates]
-    return [RANK_PRIORS[prior](r) for r in range(len(lst.candidates))]
+    return _base_scores([c.base_score for c in lst.candidates], prior)
 
 
 def score_document(doc: NbestDocument, scorer: TextScorer, truncate: bool,
@@ -113,17 +115,20 @@ def score_document(doc: NbestDocument, scorer: TextScorer, truncate: bool,
     return scores
 
 
-def rank_document(doc: NbestDocument, scores: dict[str, SentenceScore], weights: Weights,
-                  prior: str) -> list[list[RankedHypothesis]]:
+def rank_document(doc: NbestDocument, scores: dict[str, SentenceScore],
+                  weights: Weights) -> list[list[RankedHypothesis]]:
+    """Each list as /v1/rerank ranks it: a hypothesis without a score in the file goes as a
+    plain string, so the rank prior applies exactly where the service would apply it."""
     # model_construct: these are the file's own values, already checked by its reader; the
     # request limits that Hypothesis validates (text a client may send) are not theirs to meet.
-    return [rank([Hypothesis.model_construct(text=c.text, score=b)
-                  for c, b in zip(lst.candidates, base_scores(lst, prior))], scores, weights)
+    return [rank([c.text if c.base_score is None
+                  else Hypothesis.model_construct(text=c.text, score=c.base_score)
+                  for c in lst.candidates], scores, weights)
             for lst in doc.lists]
 
 
 def tuning_lists(doc: NbestDocument, scores: dict[str, SentenceScore],
-                 prior: str) -> tuple[list[TuningList], list[int]]:
+                 prior: RankPrior) -> tuple[list[TuningList], list[int]]:
     """The lists with a reference and at least one hypothesis, and their indices in ``doc``."""
     out, where = [], []
     for i, lst in enumerate(doc.lists):
@@ -143,7 +148,7 @@ class _SavedWeights(BaseModel):
 
     lm_weight: FiniteFloat
     length_bonus: FiniteFloat
-    rank_prior: str | None = None
+    rank_prior: RankPrior | None = None
 
 
 def read_weights(path: Path | None) -> dict[str, Any]:
@@ -157,33 +162,22 @@ def read_weights(path: Path | None) -> dict[str, Any]:
             from None
 
 
-def resolve_prior(args: argparse.Namespace, saved: dict[str, Any],
-                  model_default: str = "none") -> str:
-    """Command line, else the --weights file, else what the model's weights were fitted with."""
-    prior = args.rank_prior or saved.get("rank_prior") or model_default
-    if prior not in RANK_PRIORS:
-        raise ValueError(f"rank prior {prior!r} is not one of {', '.join(RANK_PRIORS)}")
-    return str(prior)
-
-
 def _weights(args: argparse.Namespace, scorer: TextScorer,
              saved: dict[str, Any]) -> tuple[Weights, str]:
-    """Command line, else the --weights file, else the model's manifest; and which it was."""
+    """Command line, else the --weights file (all of it: weights and their prior), else the
+    model's manifest; and where the weights came from."""
     if saved:
-        base = Weights(float(saved["lm_weight"]), float(saved["length_bonus"]),
-                       str(saved.get("rank_prior") or "none"))
-        source = f"from {args.weights}"
+        defaults, source = Weights.of_section(saved), f"from {args.weights}"
     else:
-        base, source = scorer.defaults(), f"from {scorer.name}'s manifest"
+        defaults, source = scorer.defaults(), f"from {scorer.name}'s manifest"
     if args.lm_weight is not None or args.length_bonus is not None:
         source = "given"
-    return Weights(base.lm_weight if args.lm_weight is None else args.lm_weight,
-                   base.length_bonus if args.length_bonus is None else args.length_bonus,
-                   base.rank_prior), source
+    return resolve_weights(defaults, args.lm_weight, args.length_bonus, args.rank_prior), source
 
 
 def _report(doc: NbestDocument, scores: dict[str, SentenceScore],
-            rankings: Sequence[Sequence[RankedHypothesis]], prior: str, metric_name: str) -> str:
+            rankings: Sequence[Sequence[RankedHypothesis]], prior: RankPrior,
+            metric_name: str) -> str:
     lists, where = tuning_lists(doc, scores, prior)
     if not lists:
         return "no list has a reference: nothing to measure"
@@ -215,8 +209,7 @@ def write_output(path: str, text: str) -> None:
 
 @reports_errors("rerank")
 def run(args: argparse.Namespace) -> int:
-    saved = read_weights(args.weights)
-    resolve_prior(args, saved)  # a bad prior fails before any scoring
+    saved = read_weights(args.weights)  # a bad file fails before any scoring
     doc = load_document(args)
     start = time.monotonic()
     scorer = open_scorer(args)
@@ -225,8 +218,8 @@ def run(args: argparse.Namespace) -> int:
         weights, source = _weights(args, scorer, saved)
     finally:
         scorer.close()
-    prior = resolve_prior(args, saved, weights.rank_prior)
-    rankings = rank_document(doc, scores, weights, prior)
+    prior = weights.rank_prior
+    rankings = rank_document(doc, scores, weights)
     write_output(args.output, doc.render(rankings))
     if args.details:
         _details(args.details, doc, rankings)

@@ -14,14 +14,14 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from service.artifact import ArtifactError, Manifest, load_manifest
+from service.artifact import ArtifactError, Manifest, RankPrior, load_manifest
 from service.batcher import Batcher
 from service.batching import BatchLimits, resolve_limits
 from service.engine import CUDA, EnergyEngine, OnnxEngine, warm_up
 from service.errors import NotReady, ServiceError
 from service.metrics import Metrics
 from service.schemas import SentenceScore
-from service.scoring import EMPTY, Weights, sentence_score
+from service.scoring import EMPTY, Weights, resolve_weights, sentence_score
 from service.settings import Settings
 from service.tokenization import Encoded, SentenceTokenizer
 
@@ -127,10 +127,11 @@ class Runtime:
             return False
         return self._batcher is None or self._batcher.alive or self.phase is Phase.STOPPED
 
-    def weights(self, lm_weight: float | None, length_bonus: float | None) -> Weights:
-        defaults = self.manifest.rerank
-        return Weights(defaults.lm_weight if lm_weight is None else lm_weight,
-                       defaults.length_bonus if length_bonus is None else length_bonus)
+    def weights(self, lm_weight: float | None, length_bonus: float | None,
+                rank_prior: RankPrior | None) -> Weights:
+        """What a /v1/rerank request re-ranks with (service/scoring.py ``resolve_weights``)."""
+        return resolve_weights(Weights.of_section(self.manifest.rerank.model_dump()),
+                               lm_weight, length_bonus, rank_prior)
 
     @contextmanager
     def admitted(self) -> Iterator[None]:

@@ -136,12 +136,13 @@ class RerankRequest(_Request):
     length_bonus: FiniteFloat | None = Field(
         default=None, ge=-MAX_LENGTH_BONUS, le=MAX_LENGTH_BONUS,
         description="Added per token; default from the manifest.")
-    rank_prior: RankPrior = Field(
-        default="none",
-        description="Base scores for a list whose hypotheses are all plain strings, i.e. a "
-                    "recogniser's n-best order without its scores: none 0, linear -rank, log "
-                    "-ln(1 + rank), rank from 0. GET /v1/model shows in rerank.rank_prior "
-                    "which one the model's default weights were fitted with.")
+    rank_prior: RankPrior | None = Field(
+        default=None,
+        description="Base scores for a list where no hypothesis has a score (plain strings, "
+                    "or objects without 'score'), i.e. a recogniser's n-best order without its "
+                    "scores: none 0, linear -rank, log -ln(1 + rank), rank from 0. Default: "
+                    "the manifest's rerank.rank_prior (GET /v1/model), the prior its default "
+                    "weights were fitted with.")
     truncate: bool = False
 
     @model_validator(mode="after")
@@ -212,7 +213,9 @@ class RerankResponse(BaseModel):
     model: str
     lm_weight: float
     length_bonus: float
-    rank_prior: RankPrior
+    rank_prior: RankPrior = Field(
+        description="The prior in force for lists without scores: the request's, else the "
+                    "manifest's.")
     hypotheses: list[RankedHypothesis] | None = Field(
         default=None, description="Present when the request sent one list.")
     lists: list[RankedList] | None = Field(

@@ -63,7 +63,8 @@ class TextScorer(Protocol):
     """The model's name, as its manifest gives it."""
 
     def defaults(self) -> Weights:
-        """The re-ranking weights the model's manifest carries (``electric tune`` writes them)."""
+        """The re-ranking weights and rank prior the model's manifest carries (``electric
+        tune`` writes them): the defaults of service/scoring.py ``resolve_weights``."""
         ...
 
     def stream(self, texts: Iterable[str], truncate: bool = False) -> Iterator[SentenceScore]:
@@ -92,8 +93,7 @@ class InProcessScorer:
         self._window = window
 
     def defaults(self) -> Weights:
-        rerank = self.manifest.rerank
-        return Weights(rerank.lm_weight, rerank.length_bonus, rerank.rank_prior)
+        return Weights.of_section(self.manifest.rerank.model_dump())
 
     def stream(self, texts: Iterable[str], truncate: bool = False) -> Iterator[SentenceScore]:
         for window in _windows(texts, self._window):
@@ -142,10 +142,7 @@ class RemoteScorer:
             self.close()
             raise
         self.name = str(info.manifest.get("name", url))
-        rerank = info.manifest.get("rerank") or {}
-        self._defaults = Weights(float(rerank.get("lm_weight", 1.0)),
-                                 float(rerank.get("length_bonus", 0.0)),
-                                 str(rerank.get("rank_prior", "none")))
+        self._defaults = Weights.of_section(info.manifest.get("rerank"))
 
     def defaults(self) -> Weights:
         return self._defaults

@@ -4,6 +4,10 @@ A sentence's score is ``-Σ_t E_t`` over its scored tokens (special tokens never
 estimate of its pseudo-log-likelihood from one forward pass (Clark et al. 2020, section 5).
 Re-ranking combines it with the recogniser's own score as in the paper's rescoring experiments:
 ``combined = base_score + lm_weight * score + length_bonus * num_tokens``.
+
+Which weights and rank prior a re-ranking uses is decided in one place, :func:`resolve_weights`
+(for /v1/rerank, ``electric rerank`` in process or with --url, and ``electric tune``), and which
+base scores a list gets in another, :func:`base_scores`.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from service.artifact import RankPrior
 from service.schemas import Hypothesis, HypothesisList, RankedHypothesis, SentenceScore
 from service.tokenization import Encoded
 
@@ -27,11 +33,20 @@ EMPTY = SentenceScore(score=0.0, num_tokens=0, tokens=[], energies=[], offsets=[
 class Weights:
     lm_weight: float
     length_bonus: float
-    rank_prior: str = "none"
+    rank_prior: RankPrior = "none"
     """Base scores for a list that has none (RANK_PRIORS): what the weights were fitted with."""
 
+    @classmethod
+    def of_section(cls, section: Mapping[str, Any] | None) -> Weights:
+        """A manifest's ``rerank`` section (as a dict: GET /v1/model shows it so) or a weights
+        file from ``electric tune --out``; what it leaves out takes RerankDefaults' defaults."""
+        section = section or {}
+        return cls(float(section.get("lm_weight", 1.0)),
+                   float(section.get("length_bonus", 0.0)),
+                   rank_prior_named(section.get("rank_prior") or "none"))
 
-RANK_PRIORS: dict[str, Callable[[int], float]] = {
+
+RANK_PRIORS: dict[RankPrior, Callable[[int], float]] = {
     "none": lambda rank: 0.0,
     # 0.0 - x, not -x: the top hypothesis gets 0.0, not the -0.0 that JSON would show.
     "linear": lambda rank: 0.0 - rank,
@@ -39,6 +54,37 @@ RANK_PRIORS: dict[str, Callable[[int], float]] = {
 }
 """Base scores for lists without any: a function of the hypothesis's position (from 0), for
 n-best lists that arrive in the recogniser's order but without its scores."""
+
+
+def rank_prior_named(name: object) -> RankPrior:
+    if name not in RANK_PRIORS:
+        raise ValueError(f"rank prior {name!r} is not one of {', '.join(RANK_PRIORS)}")
+    return name
+
+
+def resolve_weights(defaults: Weights, lm_weight: float | None = None,
+                    length_bonus: float | None = None,
+                    rank_prior: str | None = None) -> Weights:
+    """The one rule for what a re-ranking uses (/v1/rerank, ``electric rerank``, ``electric
+    tune``): each value the request or command line gives, else the defaults' (the manifest's
+    ``rerank`` section, or a ``--weights`` file standing in for it as a whole), whose prior is
+    "none" where they name none. The weights were fitted together with that prior, so a request
+    that gives nothing gets exactly the fitted combination."""
+    return Weights(defaults.lm_weight if lm_weight is None else lm_weight,
+                   defaults.length_bonus if length_bonus is None else length_bonus,
+                   defaults.rank_prior if rank_prior is None else rank_prior_named(rank_prior))
+
+
+def base_scores(given: Sequence[float | None], prior: RankPrior) -> list[float]:
+    """A list's base scores from its hypotheses' own (None: the hypothesis has none).
+
+    A rank prior stands in for a recogniser's scores that were lost, so it applies only to a
+    list where no hypothesis has one; in a list where some do, one without counts 0, as
+    DESIGN's formula says (a prior by position and real scores are not on one scale).
+    """
+    if any(g is not None for g in given):
+        return [0.0 if g is None else g for g in given]
+    return [RANK_PRIORS[prior](r) for r in range(len(given))]
 
 
 def sentence_score(encoded: Encoded, energies: NDArray[np.float32]) -> SentenceScore:
@@ -57,32 +103,31 @@ def sentence_score(encoded: Encoded, energies: NDArray[np.float32]) -> SentenceS
     )
 
 
-def as_pair(hypothesis: str | Hypothesis) -> tuple[str, float]:
-    """(text, base_score); a bare string has no base score."""
-    if isinstance(hypothesis, str):
-        return hypothesis, 0.0
-    return hypothesis.text, hypothesis.score
+def text_of(hypothesis: str | Hypothesis) -> str:
+    return hypothesis if isinstance(hypothesis, str) else hypothesis.text
 
 
 def unique_texts(lists: Sequence[HypothesisList]) -> list[str]:
     """Every distinct hypothesis text, first occurrence first: duplicates are scored once
     (n-best lists repeat strings that differ only in their alignment or segmentation)."""
-    return list(dict.fromkeys(as_pair(h)[0] for lst in lists for h in lst.hypotheses))
+    return list(dict.fromkeys(text_of(h) for lst in lists for h in lst.hypotheses))
+
+
+def own_score(hypothesis: str | Hypothesis) -> float | None:
+    """The base score a hypothesis carries: none for a string or an object without "score"."""
+    if isinstance(hypothesis, str) or "score" not in hypothesis.model_fields_set:
+        return None
+    return hypothesis.score
 
 
 def rank(hypotheses: Sequence[str | Hypothesis], scores: Mapping[str, SentenceScore],
-         weights: Weights, prior: str = "none") -> list[RankedHypothesis]:
-    """The list sorted by ``combined``, best first; ties keep the request's order.
-
-    A list of plain strings only takes its base scores from ``prior`` (RANK_PRIORS) by
-    position; where any hypothesis carries a score, one without counts 0.
-    """
-    plain = all(isinstance(h, str) for h in hypotheses)
+         weights: Weights) -> list[RankedHypothesis]:
+    """The list sorted by ``combined``, best first; ties keep the request's order. Base scores
+    as :func:`base_scores` gives them, with ``weights.rank_prior``."""
+    bases = base_scores([own_score(h) for h in hypotheses], weights.rank_prior)
     ranked = []
-    for index, hyp in enumerate(hypotheses):
-        text, base = as_pair(hyp)
-        if plain:
-            base = RANK_PRIORS[prior](index)
+    for index, (hyp, base) in enumerate(zip(hypotheses, bases)):
+        text = text_of(hyp)
         s = scores[text]
         combined = base + weights.lm_weight * s.score + weights.length_bonus * s.num_tokens
         ranked.append(RankedHypothesis(index=index, text=text, score=s.score, base_score=base,

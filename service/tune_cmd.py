@@ -10,9 +10,16 @@ grid, and saves the choice where the other commands read it:
 - ``--out PATH``: a JSON file for ``electric rerank --weights PATH``.
 
 Both record the rank prior the weights were fitted with, so a later rerank applies the same.
+The prior to fit with is ``--rank-prior``, else the manifest's (as ``electric rerank`` and
+/v1/rerank resolve it: service/scoring.py ``resolve_weights``).
 
-Fitting and reporting on the same lists flatters the result: tune on one half of a dev set
-and measure the other with ``electric rerank``.
+Weights that switch Electric off (lm_weight 0, or one so small that no list's choice changes)
+are not written unless ``--allow-zero-lm-weight`` says so: written into a manifest they would
+make every later re-ranking ignore the model without a word.
+
+Fitting and reporting on the same lists flatters the result: ``--holdout FRACTION`` fits on
+the other lists and reports the metric before and after on the held-out ones (a list is held
+out by the hash of its id: service/tuning.py ``held_out``).
 """
 
 from __future__ import annotations
@@ -24,20 +31,35 @@ from typing import Any
 
 import numpy as np
 
-from service.artifact import RerankDefaults, load_manifest, write_manifest
+from service.artifact import RankPrior, load_manifest, write_manifest
 from service.corpus_metrics import format_value, metric_named
 from service.nbest import NbestDocument
 from service.rerank_cmd import (
     add_nbest_arguments,
     load_document,
     reports_errors,
-    resolve_prior,
     score_document,
     tuning_lists,
 )
 from service.scorers import add_scorer_arguments, open_scorer
+from service.scoring import Weights, resolve_weights
 from service.settings import default_artifact
-from service.tuning import AnyGrid, FixedGrid, TuningResult, grid_search, nbest_matrix
+from service.tuning import (
+    AnyGrid,
+    FixedGrid,
+    NbestMatrix,
+    TuningResult,
+    choose,
+    corpus_value,
+    electric_matters,
+    grid_search,
+    held_out,
+    nbest_matrix,
+    oracle_value,
+)
+
+DEFAULT_HOLDOUT = 0.5
+"""``--holdout`` without a fraction: halves, the split model_export's evaluation reports on."""
 
 TABLE_COLUMNS = 9
 """Columns the printed grid shows (evenly spread, the chosen one always among them)."""
@@ -80,52 +102,110 @@ def _numbers(text: str) -> list[float]:
             from None
 
 
-def summary(fit: TuningResult, doc: NbestDocument, prior: str, model: str) -> dict[str, Any]:
-    return {"lm_weight": fit.weights.lm_weight, "length_bonus": fit.weights.length_bonus,
-            "rank_prior": prior, "metric": fit.metric, "value": fit.value,
-            "baseline": fit.baseline, "oracle": fit.oracle, "lists": fit.lists,
-            "dev_set": doc.name, "model": model}
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction between 0 and 1")
+    return value
+
+
+def summary(fit: TuningResult, doc: NbestDocument, prior: RankPrior, model: str,
+            holdout: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What --out and the manifest record; ``value``, ``baseline``, ``oracle`` are on the lists
+    fitted on, ``holdout`` (when asked for) has the same on the held-out ones."""
+    facts = {"lm_weight": fit.weights.lm_weight, "length_bonus": fit.weights.length_bonus,
+             "rank_prior": prior, "metric": fit.metric, "value": fit.value,
+             "baseline": fit.baseline, "oracle": fit.oracle, "lists": fit.lists,
+             "dev_set": doc.name, "model": model}
+    return {**facts, "holdout": holdout} if holdout else facts
+
+
+def fit_and_hold_out(m: NbestMatrix, ids: list[str], grid: AnyGrid | None,
+                     fraction: float | None) -> tuple[NbestMatrix, TuningResult,
+                                                      dict[str, Any] | None]:
+    """(the lists fitted on, the fit, the figures on the held-out lists): with a ``fraction``
+    the fit sees only the lists :func:`~service.tuning.held_out` keeps out, and is measured on
+    those (base scores alone, with the fitted weights, oracle); without one, on all lists."""
+    if fraction is None:
+        return m, grid_search(m, grid), None
+    held = held_out(ids, fraction)
+    if held.all() or not held.any():
+        raise ValueError(f"--holdout {fraction:g} holds out {int(held.sum())} of {m.lists:,} "
+                         "lists: fitting and reporting both need lists; use another fraction "
+                         "or more lists")
+    fitted_on, report = m.subset(~held), m.subset(held)
+    fit = grid_search(fitted_on, grid)
+    return fitted_on, fit, {
+        "fraction": fraction, "split": "blake2b-64 of the list id", "lists": report.lists,
+        "baseline": corpus_value(report, choose(report, Weights(0.0, 0.0))),
+        "value": corpus_value(report, choose(report, fit.weights)),
+        "oracle": oracle_value(report)}
 
 
 def save_to_artifact(folder: Path, fit: TuningResult, facts: dict[str, Any]) -> Path:
     """Set the manifest's rerank defaults (what serve and rerank use) and record the fit."""
     manifest = load_manifest(folder)
     evaluation = {**manifest.evaluation, "rerank_tuning": facts}
-    updated = manifest.model_copy(update={
-        "rerank": RerankDefaults(lm_weight=fit.weights.lm_weight,
-                                 length_bonus=fit.weights.length_bonus,
-                                 rank_prior=facts["rank_prior"]),
-        "evaluation": evaluation})
-    return write_manifest(folder, updated)
+    rerank = manifest.rerank.model_copy(update={
+        "lm_weight": fit.weights.lm_weight, "length_bonus": fit.weights.length_bonus,
+        "rank_prior": facts["rank_prior"]})
+    return write_manifest(folder, manifest.model_copy(update={"rerank": rerank,
+                                                              "evaluation": evaluation}))
+
+
+def _figures(metric: str, baseline: float, value: float, oracle: float) -> str:
+    return (f"base scores alone {format_value(metric, baseline)}, "
+            f"tuned {format_value(metric, value)}, oracle {format_value(metric, oracle)}")
 
 
 @reports_errors("tune")
 def run(args: argparse.Namespace) -> int:
     if args.write_artifact == "" and args.url:
         raise ValueError("with --url, --write-artifact needs the artifact folder to write")
-    prior = resolve_prior(args, {})
     metric = metric_named(args.metric)
     grid = _grid(args)
     doc = load_document(args)
     scorer = open_scorer(args)
     try:
         scores = score_document(doc, scorer, args.truncate, args.progress)
+        defaults = scorer.defaults()
     finally:
         scorer.close()
-    lists, _ = tuning_lists(doc, scores, prior)
+    prior = resolve_weights(defaults, rank_prior=args.rank_prior).rank_prior
+    source = "given" if args.rank_prior else f"{scorer.name}'s manifest"
+    lists, where = tuning_lists(doc, scores, prior)
     if not lists:
         raise ValueError(f"{doc.name}: no list has both a reference and a hypothesis; "
                          "give references with --ref")
-    fit = grid_search(nbest_matrix(lists, metric), grid)
+    fitted_on, fit, holdout = fit_and_hold_out(nbest_matrix(lists, metric),
+                                                [doc.lists[i].id for i in where], grid,
+                                                args.holdout)
     print(format_grid(fit))
     print(f"\n{len(lists):,} lists ({len(doc.lists) - len(lists):,} without a reference "
-          f"left out), rank prior {prior}")
-    print(f"base scores alone {format_value(fit.metric, fit.baseline)}, "
-          f"tuned {format_value(fit.metric, fit.value)}, "
-          f"oracle {format_value(fit.metric, fit.oracle)}")
+          f"left out), rank prior {prior} ({source})")
+    if holdout:
+        print(f"fitted on {fit.lists:,}: "
+              + _figures(fit.metric, fit.baseline, fit.value, fit.oracle))
+        print(f"held out {holdout['lists']:,} (--holdout {args.holdout:g}, by a hash of the "
+              "list id): "
+              + _figures(fit.metric, holdout["baseline"], holdout["value"], holdout["oracle"]))
+    else:
+        print(_figures(fit.metric, fit.baseline, fit.value, fit.oracle))
     print(f"chosen: lm_weight {fit.weights.lm_weight:.6g}, "
           f"length_bonus {fit.weights.length_bonus:.6g}")
-    facts = summary(fit, doc, prior, scorer.name)
+    writes = bool(args.out) or args.write_artifact is not None
+    if not electric_matters(fitted_on, fit.weights) and not args.allow_zero_lm_weight:
+        off = (f"lm_weight {fit.weights.lm_weight:.6g} switches Electric off: every list picks "
+               f"what it picks without Electric's score (rank prior {prior})")
+        if writes:
+            raise ValueError(f"{off}; not writing it (pass --allow-zero-lm-weight to write it "
+                             "anyway, or check --rank-prior and the dev set)")
+        print(f"note: {off}; --out and --write-artifact would refuse it without "
+              "--allow-zero-lm-weight")
+    facts = summary(fit, doc, prior, scorer.name, holdout)
     if args.out:
         args.out.write_text(json.dumps(facts, indent=2) + "\n")
         print(f"wrote {args.out}")
@@ -145,6 +225,13 @@ def register(sub: Any) -> None:
                    help="search these lm_weight values (default: a grid scaled to the scores)")
     p.add_argument("--length-bonuses", type=_numbers, metavar="B1,B2,...",
                    help="with --lm-weights: these length_bonus values (default 0)")
+    p.add_argument("--holdout", type=_fraction, nargs="?", const=DEFAULT_HOLDOUT, default=None,
+                   metavar="FRACTION",
+                   help="fit on the other lists and report on this fraction of them, chosen by "
+                        f"a hash of the list id (no FRACTION: {DEFAULT_HOLDOUT})")
+    p.add_argument("--allow-zero-lm-weight", action="store_true",
+                   help="write weights even when they switch Electric off (lm_weight 0, or "
+                        "no list's choice changes)")
     p.add_argument("--out", type=Path, help="write the chosen weights and figures as JSON")
     p.add_argument("--write-artifact", nargs="?", const="", default=None, metavar="DIR",
                    help="write the weights into DIR/electric.json's rerank section (no DIR: "

@@ -27,6 +27,7 @@ No torch here: the service's ``electric tune`` runs on a serving install.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -316,3 +317,27 @@ def grid_search(m: NbestMatrix, grid: AnyGrid | None = None) -> TuningResult:
         values=values,
         best=(a, b),
     )
+
+
+# -- what a fit may be trusted with -----------------------------------------------------------
+
+def held_out(ids: Sequence[str], fraction: float) -> NDArray[np.bool_]:
+    """(L,) True for the lists held out of a fit: those whose id's 64-bit BLAKE2b hash falls in
+    the top ``fraction`` of its range. Deterministic, and a list's side depends on its id only
+    (not on the file's order or on the other lists); at 0.5 the held-out half is the one
+    model_export/eval_sets.py reports on (``in_tuning_half`` is the other)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"a held-out fraction is between 0 and 1 (exclusive), not {fraction}")
+    threshold = int((1.0 - fraction) * 2**64)
+    return np.array([int.from_bytes(hashlib.blake2b(i.encode("utf-8"), digest_size=8).digest(),
+                                    "big") >= threshold for i in ids], dtype=np.bool_)
+
+
+def electric_matters(m: NbestMatrix, weights: Weights) -> bool:
+    """Whether Electric's score changes the choice of any list of ``m``: False for lm_weight 0,
+    and for a weight so small that every list picks what it would pick without it (Electric
+    switched off in effect)."""
+    if weights.lm_weight == 0.0:
+        return False
+    without = Weights(0.0, weights.length_bonus, weights.rank_prior)
+    return bool((choose(m, weights) != choose(m, without)).any())

@@ -6,7 +6,9 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from live_server import live_server
 from nbest_fakes import DictScorer
@@ -34,6 +36,21 @@ LISTS = [
 def server(tiny_artifact: Path) -> Iterator[str]:
     with live_server(tiny_artifact) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def log_artifact(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny artifact with weights fitted, as the embedded model's were, with the log prior."""
+    import shutil
+
+    from service.artifact import load_manifest, write_manifest
+
+    folder = tmp_path_factory.mktemp("log") / "tiny-test"
+    shutil.copytree(tiny_artifact, folder)
+    manifest = load_manifest(folder)
+    write_manifest(folder, manifest.model_copy(update={"rerank": manifest.rerank.model_copy(
+        update={"lm_weight": 0.05, "length_bonus": 0.01, "rank_prior": "log"})}))
+    return folder
 
 
 def jsonl(tmp_path: Path, lists: list[dict[str, object]] = LISTS) -> Path:
@@ -67,10 +84,10 @@ def test_rank_order_and_base_scores() -> None:
 
     scorer = DictScorer()  # score = -words, num_tokens = words
     scores = score_document(Doc(), scorer, False, False)
-    ranked = rank_document(Doc(), scores, Weights(1.0, 0.0), "none")[0]
+    ranked = rank_document(Doc(), scores, Weights(1.0, 0.0))[0]
     assert [r.index for r in ranked] == [1, 2, 0]
     # A length bonus above the per-word cost turns the order round.
-    ranked = rank_document(Doc(), scores, Weights(1.0, 1.5), "none")[0]
+    ranked = rank_document(Doc(), scores, Weights(1.0, 1.5))[0]
     assert [r.index for r in ranked] == [0, 2, 1]
     assert ranked[0].combined == pytest.approx(-3.0 + 1.5 * 3)
 
@@ -204,3 +221,44 @@ def test_the_manifest_rank_prior_is_the_default(tmp_path: Path, tiny_artifact: P
     assert "lists carry no base scores: rank prior log" in capsys.readouterr().err
     assert main([*args, "--rank-prior", "none"]) == 0  # the command line still wins
     assert "rank prior none" in capsys.readouterr().err
+
+
+def test_http_and_cli_rank_a_list_alike_with_the_manifests_prior(
+        tmp_path: Path, log_artifact: Path) -> None:
+    """One rule: a request or command that names no prior gets the manifest's, with its weights."""
+    lists = [*LISTS, {"id": "d", "reference": "they were very happy",  # objects without scores
+                      "hypotheses": [{"text": "they were happy"}, {"text": "they were very happy"}]}]
+    path = jsonl(tmp_path, lists)
+    body_lists: list[dict[str, Any]] = [{"id": x["id"], "hypotheses": x["hypotheses"]}
+                                        for x in lists]
+    local, remote = tmp_path / "local.details", tmp_path / "remote.details"
+    assert main(["rerank", "-f", "jsonl", str(path), str(tmp_path / "o"), "--details", str(local),
+                 "--artifact", str(log_artifact), *LOCAL]) == 0
+    cli = [json.loads(x)["hypotheses"] for x in local.read_text().splitlines()]
+    with live_server(log_artifact) as url, httpx.Client(base_url=url) as http:
+        assert main(["rerank", "-f", "jsonl", str(path), str(tmp_path / "o"),
+                     "--details", str(remote), "--url", url]) == 0
+        many = http.post("/v1/rerank", json={"lists": body_lists}).json()
+        one = http.post("/v1/rerank", json={"hypotheses": LISTS[0]["hypotheses"]}).json()
+        none = http.post("/v1/rerank", json={"hypotheses": LISTS[0]["hypotheses"],
+                                             "rank_prior": "none"}).json()
+    assert (many["rank_prior"], many["lm_weight"], many["length_bonus"]) == ("log", 0.05, 0.01)
+    by_url = [json.loads(x)["hypotheses"] for x in remote.read_text().splitlines()]
+    for served, ranked_here, ranked_by_url in zip(many["lists"], cli, by_url):
+        for other in (ranked_here, ranked_by_url):
+            assert [h["index"] for h in served["hypotheses"]] == [h["index"] for h in other]
+            assert [h["base_score"] for h in served["hypotheses"]] == pytest.approx(
+                [h["base_score"] for h in other])
+            assert [h["combined"] for h in served["hypotheses"]] == pytest.approx(
+                [h["combined"] for h in other], abs=1e-4)
+    # The prior stood in for the scores only where a list had none (a, c, d; not b).
+    for served, src in zip(many["lists"], body_lists):
+        bases = {h["index"]: h["base_score"] for h in served["hypotheses"]}
+        hyps: list[Any] = src["hypotheses"]
+        expected = ([h["score"] if isinstance(h, dict) else 0.0 for h in hyps]
+                    if src["id"] == "b" else [-math.log1p(i) for i in range(len(hyps))])
+        assert [bases[i] for i in range(len(hyps))] == pytest.approx(expected)
+    assert one["rank_prior"] == "log" and one["hypotheses"] == many["lists"][0]["hypotheses"]
+    # An explicit prior overrides the manifest's, the weights stay the manifest's.
+    assert none["rank_prior"] == "none" and none["lm_weight"] == 0.05
+    assert {h["base_score"] for h in none["hypotheses"]} == {0.0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -189,3 +190,21 @@ def test_sync_client_against_a_real_server(server: str) -> None:
         with pytest.raises(ElectricError) as info:
             client.score(["the " * 100])
         assert info.value.status == 422 and "at most 62" in info.value.message
+
+
+def test_rerank_leaves_what_is_not_given_to_the_service() -> None:
+    """No weights, no prior in the body: the service's manifest decides (one rule)."""
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json={"model": "m", "lm_weight": 1.0, "length_bonus": 0.0,
+                                         "rank_prior": "log", "hypotheses": []})
+
+    with ElectricClient("http://x", transport=httpx.MockTransport(handler)) as client:
+        client.rerank(["a", Hypothesis(text="b"), Hypothesis(text="c", score=0.0), ("d", 1.0)])
+        client.rerank_lists([{"hypotheses": ["a"]}], rank_prior="none", lm_weight=0.5)
+    assert bodies[0] == {"hypotheses": ["a", {"text": "b"}, {"text": "c", "score": 0.0},
+                                        {"text": "d", "score": 1.0}], "truncate": False}
+    assert bodies[1] == {"lists": [{"id": None, "hypotheses": ["a"]}], "truncate": False,
+                         "lm_weight": 0.5, "rank_prior": "none"}

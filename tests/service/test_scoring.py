@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from service.schemas import Hypothesis, HypothesisList, SentenceScore
-from service.scoring import EMPTY, Weights, rank, sentence_score, unique_texts
+from service.scoring import (
+    EMPTY,
+    Weights,
+    base_scores,
+    rank,
+    resolve_weights,
+    sentence_score,
+    unique_texts,
+)
 from service.tokenization import Encoded
 
 
@@ -57,3 +67,33 @@ def test_duplicates_are_scored_once() -> None:
     lists = [HypothesisList(hypotheses=["a", "b", Hypothesis(text="a", score=2.0)]),
              HypothesisList(hypotheses=["b", "", "c"])]
     assert unique_texts(lists) == ["a", "b", "", "c"]
+
+
+def test_one_rule_for_weights_and_prior() -> None:
+    manifest = Weights.of_section({"lm_weight": 0.3, "length_bonus": -0.2, "rank_prior": "log"})
+    # Nothing given: exactly the fitted combination.
+    assert resolve_weights(manifest) == Weights(0.3, -0.2, "log")
+    # Each value given wins on its own; the others stay the manifest's.
+    assert resolve_weights(manifest, rank_prior="none") == Weights(0.3, -0.2, "none")
+    assert resolve_weights(manifest, lm_weight=1.0) == Weights(1.0, -0.2, "log")
+    assert resolve_weights(manifest, 0.0, 0.0, "linear") == Weights(0.0, 0.0, "linear")
+    # A section that names no prior (an older manifest, no section at all): none.
+    assert Weights.of_section({"lm_weight": 0.3, "length_bonus": 0.0}).rank_prior == "none"
+    assert Weights.of_section(None) == Weights(1.0, 0.0, "none")
+    with pytest.raises(ValueError, match="rank prior 'cubic' is not one of none, linear, log"):
+        resolve_weights(manifest, rank_prior="cubic")
+
+
+def test_the_prior_applies_only_to_lists_without_scores() -> None:
+    assert base_scores([None, None, None], "log") == pytest.approx(
+        [0.0, -math.log(2), -math.log(3)])
+    assert base_scores([None, None], "linear") == [0.0, -1.0]
+    assert base_scores([None, -2.0], "log") == [0.0, -2.0]  # some scored: none counts 0
+    scores = {"a": score_of(-1.0, 1), "b": score_of(-1.0, 1)}
+    log = Weights(1.0, 0.0, "log")
+    # Strings and objects without "score" carry none: the prior applies, as to the CLI's
+    # {"text"} lines.
+    unscored = rank(["a", Hypothesis(text="b")], scores, log)
+    assert {h.index: h.base_score for h in unscored} == pytest.approx({0: 0.0, 1: -math.log(2)})
+    scored = rank(["a", Hypothesis(text="b", score=0.0)], scores, log)
+    assert [h.base_score for h in scored] == [0.0, 0.0]
