@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from model_export.eval_report import format_table, manifest_summary
+from model_export.eval_sets import EVAL_DIR_VARIABLE, resolve_eval_dir
 from model_export.evaluate import MEASURES, evaluate
 from model_export.scorers import Scorer
 
 
-def _build_scorers(args: argparse.Namespace, folder: Path, setup: dict[str, float]
-                   ) -> tuple[dict[str, Scorer], list[tuple[str, str]]]:
+def _build_scorers(args: argparse.Namespace, folder: Path, eval_dir: Path,
+                   setup: dict[str, float]) -> tuple[dict[str, Scorer], list[tuple[str, str]]]:
     from model_export.scorers import ArtifactScorer
     from service.artifact import load_manifest
 
@@ -41,9 +42,10 @@ def _build_scorers(args: argparse.Namespace, folder: Path, setup: dict[str, floa
     if args.threads:
         torch.set_num_threads(args.threads)
     corpora = ([Path(p) for p in args.corpora] if args.corpora
-               else sorted((Path(args.eval_dir).parent / "corpora").glob("*.txt.gz")))
+               else sorted((eval_dir.parent / "corpora").glob("*.txt.gz")))
     if not corpora:
-        raise SystemExit("--baselines needs corpora: none given and none found beside --eval-dir")
+        raise SystemExit(f"electric eval: --baselines needs corpora: none given with --corpora and no *.txt.gz "
+                         f"in {eval_dir.parent / 'corpora'}")
     tokenizer_path = folder / manifest.tokenizer.file
 
     warm = resolve_warm_start(args.warm_start)
@@ -92,9 +94,13 @@ def _eval(args: argparse.Namespace) -> int:
     from service.artifact import load_manifest, write_manifest
 
     folder = Path(args.artifact)
+    try:
+        eval_dir = resolve_eval_dir(args.eval_dir, args.measures)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"electric eval: {exc}") from None
     setup: dict[str, float] = {}
-    scorers, compare = _build_scorers(args, folder, setup)
-    results = evaluate(scorers, Path(args.eval_dir), limit_pairs=args.limit_pairs, seed=args.seed,
+    scorers, compare = _build_scorers(args, folder, eval_dir, setup)
+    results = evaluate(scorers, eval_dir, limit_pairs=args.limit_pairs, seed=args.seed,
                        measures=args.measures, compare=compare)
     results["artifact"] = str(folder)
     results["setup_seconds"] = {k: round(v, 1) for k, v in setup.items()}
@@ -137,7 +143,8 @@ def register_eval(sub: Any) -> None:
     p = sub.add_parser("eval", help="measure an artifact on the dev sets (ASR, Zorro, MT), "
                                     "optionally beside the baselines")
     p.add_argument("artifact", help="artifact folder")
-    p.add_argument("--eval-dir", default="../shared/eval", help="folder of the three dev sets")
+    p.add_argument("--eval-dir", help=f"folder of the three dev sets (default: ${EVAL_DIR_VARIABLE}, "
+                                      "else shared/eval beside the project folder)")
     p.add_argument("--variants", type=_variant_list,
                    help="comma-separated variants to measure (default: fp32,int8 where present)")
     p.add_argument("--baselines", action="store_true",
@@ -145,7 +152,7 @@ def register_eval(sub: Any) -> None:
                         "a Kneser-Ney 4-gram LM")
     p.add_argument("--corpora", nargs="+",
                    help="training text for the KN LM and n-gram cloze (default: *.txt.gz in "
-                        "the corpora folder beside --eval-dir)")
+                        "the corpora folder beside the dev sets' folder)")
     p.add_argument("--checkpoint", help="the run's final.safetensors: its noise model is the "
                                         "PLL baseline (default: an n-gram cloze on --corpora)")
     p.add_argument("--warm-start", default="minilm", help="folder of the warm start baseline")

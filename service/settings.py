@@ -3,20 +3,37 @@
 Every field says why an operator would change it. Limits that protect the process (queue, body,
 batch) live here so that one place bounds memory and latency; per-request shape rules live on
 the request schemas.
+
+``load_settings`` turns a refusal into one line per problem (the variable, the value, the rule)
+that never holds a secret; ``unknown_variables`` finds ``ELECTRIC_*`` names nothing reads.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
+import os
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as _SourceError
 
 logger = logging.getLogger("electric.service")
 
 VariantChoice = Literal["auto", "fp32", "fp16", "int8"]
+
+ENV_PREFIX = "ELECTRIC_"
+# ELECTRIC_* variables read outside this class, so that they are not reported as unknown.
+OTHER_VARIABLES = {
+    "ELECTRIC_API_KEY": "the key `electric score|rerank|tune --url` sends (service/scorers.py)",
+    "ELECTRIC_EVAL_DIR": "the dev sets' folder of `electric eval` (model_export/eval_sets.py)",
+    "ELECTRIC_BENCH_CORPUS": "the text of `electric bench service` (bench/service_load.py)",
+}
+_REDACTED = "**********"
 
 
 def default_artifact() -> Path:
@@ -25,7 +42,7 @@ def default_artifact() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ELECTRIC_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     artifact: Path = Field(default_factory=default_artifact)
     """Artifact folder to serve (electric.json, tokenizer.json, *.onnx). Point it at a mounted
@@ -109,14 +126,111 @@ class Settings(BaseSettings):
         for name in ("max_sentences", "max_hypotheses"):
             if getattr(self, name) > self.max_queue:
                 raise ValueError(
-                    f"{name} {getattr(self, name)} exceeds max_queue {self.max_queue}")
+                    f"{env_name(name)}={getattr(self, name)} exceeds "
+                    f"{env_name('max_queue')}={self.max_queue}: a request that large could "
+                    "never be admitted")
         return self
 
     def redacted(self) -> dict[str, Any]:
         """The settings as they may be logged: secrets replaced by asterisks."""
         data = self.model_dump(mode="json")
-        data["api_keys"] = ["**********" for _ in self.api_keys]
+        for name in secret_fields():
+            value = getattr(self, name)
+            data[name] = [_REDACTED for _ in value] if isinstance(value, list) else _REDACTED
         return data
 
     def log(self) -> None:
         logger.info("settings: %s", self.redacted())
+
+
+class InvalidSettings(ValueError):
+    """A setting that cannot be used; the message is one line, fit for an operator, and holds
+    no secret value."""
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _holds_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or any(_holds_secret(a) for a in typing.get_args(annotation))
+
+
+def secret_fields() -> frozenset[str]:
+    """Fields whose values must never be logged or echoed in an error."""
+    return frozenset(name for name, info in Settings.model_fields.items()
+                     if _holds_secret(info.annotation))
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None,
+                  labels: Mapping[str, str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """``Settings`` from the environment and ``overrides``, or :class:`InvalidSettings`.
+
+    pydantic's own message is not shown: a model-level error carries every input as
+    ``input_value``, API keys included. ``labels`` names where an override came from (a CLI
+    flag such as ``--port``); other fields are named by their environment variable.
+    """
+    overrides = dict(overrides or {})
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        message = "; ".join(_describe(error, labels or {}) for error in
+                            exc.errors(include_url=False, include_context=False))
+    except _SourceError as exc:  # a value pydantic-settings could not even decode
+        message = str(exc)
+    raise InvalidSettings(_scrub(message, overrides, os.environ if environ is None else environ))
+
+
+def _describe(error: Any, labels: Mapping[str, str]) -> str:
+    loc = error["loc"]
+    reason = str(error["msg"]).removeprefix("Value error, ")
+    if not loc:  # a model validator: its message names the variables and values itself
+        return reason
+    field = str(loc[0])
+    if field not in Settings.model_fields:
+        return f"{labels.get(field, field)}: unknown setting"
+    where = labels.get(field, env_name(field))
+    if field in secret_fields():
+        return f"{where}: {reason} (value not shown: it is secret)"
+    return f"{where}={error['input']!r}: {reason}"
+
+
+def _scrub(message: str, overrides: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """Belt and braces: blank out every secret value given, wherever it appears."""
+    secrets: list[str] = []
+    for field in secret_fields():
+        given = [overrides.get(field)] + [v for k, v in environ.items()
+                                          if k.upper() == env_name(field)]
+        for value in given:
+            if value is None:
+                continue
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                text = item.get_secret_value() if isinstance(item, SecretStr) else str(item)
+                secrets += [text, *(part.strip() for part in text.split(","))]
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        message = message.replace(secret, _REDACTED)
+    return message
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``ELECTRIC_*`` variables nothing reads (typos), each with the closest known name."""
+    environ = os.environ if environ is None else environ
+    known = {env_name(field) for field in Settings.model_fields} | set(OTHER_VARIABLES)
+    found = []
+    for name in sorted(environ):
+        upper = name.upper()  # pydantic-settings matches names case-insensitively
+        if upper.startswith(ENV_PREFIX) and upper not in known:
+            close = difflib.get_close_matches(upper, known, n=1, cutoff=0.75)
+            found.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return found
+
+
+def unknown_variables_warning(environ: Mapping[str, str] | None = None) -> str | None:
+    """One line naming the unknown ``ELECTRIC_*`` variables, or None when there are none."""
+    unknown = unknown_variables(environ)
+    if not unknown:
+        return None
+    return (f"unknown environment variable{'s' if len(unknown) > 1 else ''}, ignored: "
+            f"{', '.join(unknown)}; the settings are listed in service/settings.py")
