@@ -8,20 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-
-DEFAULT_VERIFY_SENTENCES = [
-    "the cat sat on the mat",
-    "she sells sea shells by the sea shore",
-    "Colorless green ideas sleep furiously.",
-    "The committee approved the budget after a long debate on Tuesday.",
-    "i think therefore i am",
-    "He don't know nothing about it",
-    "Where is the nearest train station?",
-    "To be, or not to be, that is the question.",
-]
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -157,14 +147,35 @@ def _hf_tokenizer(folder: Path) -> Path:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from model_export.verify import load_checkpoint_model, verify_artifact
+    """Exit 0 when every variant matches the reference energies, else 1 with a one-line reason.
 
-    model = load_checkpoint_model(Path(args.checkpoint))[0] if args.checkpoint else None
-    sentences = DEFAULT_VERIFY_SENTENCES
-    if args.sentences:
-        sentences = [s for s in Path(args.sentences).read_text().splitlines() if s.strip()]
-    report = verify_artifact(Path(args.artifact), model, sentences)
+    Without --checkpoint only ONNX Runtime runs (service.parity): no torch needed."""
+    from service.artifact import ArtifactError
+
+    if args.sentences and not args.checkpoint:
+        raise SystemExit("--sentences needs --checkpoint: they are scored by the live model; "
+                         "the stored reference energies come with their own sentences")
+    folder = Path(args.artifact)
+    try:
+        if args.checkpoint:
+            from model_export.verify import load_checkpoint_model, verify_artifact
+
+            sentences = None
+            if args.sentences:
+                sentences = [s for s in Path(args.sentences).read_text().splitlines()
+                             if s.strip()]
+            report = verify_artifact(folder, load_checkpoint_model(Path(args.checkpoint))[0],
+                                     sentences)
+        else:
+            from service.parity import verify_reference
+
+            report = verify_reference(folder)
+    except ArtifactError as exc:
+        print(f"electric verify: FAILED: {exc}", file=sys.stderr)
+        return 1
     print(report.table())
+    if not report.passed:
+        print(f"electric verify: {report.verdict}", file=sys.stderr)
     return 0 if report.passed else 1
 
 
@@ -209,8 +220,11 @@ def register(sub: Any) -> None:
     _add_artifact_flags(p, "required by --int8-scheme rowwise")
     p.set_defaults(func=_import)
 
-    p = sub.add_parser("verify", help="check an artifact's variants against PyTorch / fp32")
+    p = sub.add_parser("verify", help="check every variant of an artifact against the PyTorch "
+                                      "energies stored in it at export (exit 1 if one fails)")
     p.add_argument("artifact")
-    p.add_argument("--checkpoint", help="the training checkpoint the artifact came from")
-    p.add_argument("--sentences", help="a file of sentences, one a line")
+    p.add_argument("--checkpoint", help="also compare with this training checkpoint, run live "
+                                        "(needs torch)")
+    p.add_argument("--sentences", help="with --checkpoint: a file of sentences, one a line, for "
+                                       "the live comparison (default: the reference sentences)")
     p.set_defaults(func=_verify)

@@ -2,9 +2,10 @@
 
 Steps: trace ``model.energy`` to ONNX with the TorchScript exporter, fuse the graph with ONNX
 Runtime's transformer optimizer (optimize.py), derive the fp16 and int8 variants from the fused
-graph, copy the tokenizer with padding and truncation off, and write ``electric.json`` with a
-sha256 per variant. Only the artifact's own files land in ``out_dir``; intermediate graphs live
-in a temporary folder.
+graph, copy the tokenizer with padding and truncation off, store the PyTorch model's energies
+on the built-in reference sentences (reference_set.py), which ``electric verify`` compares every
+variant with, and write ``electric.json`` with a sha256 per file. Only the artifact's own files
+land in ``out_dir``; intermediate graphs live in a temporary folder.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from model_export.calibration import MAX_LENGTH, encode_batches
 from model_export.config import ModelConfig
 from model_export.model import Electric
 from model_export.optimize import Int8Scheme, fuse, quantize_int8
+from model_export.reference_set import write_reference_energies
 from service.artifact import (
     INPUT_NAMES,
     OUTPUT_NAME,
@@ -146,12 +148,14 @@ def export_artifact(model: Electric, cfg: ModelConfig, tokenizer_path: Path, out
             if batches:
                 int8["calibration_sentences"] = len(calibration or ())
 
+    reference = write_reference_energies(model, out_dir, tokenizer.file)
     manifest = Manifest(
         name=name,
         architecture=Architecture(kind=ENERGY_KINDS[energy_source], layers=cfg.layers,
                                   hidden=cfg.hidden, heads=cfg.heads, vocab_size=cfg.vocab_size,
                                   max_positions=cfg.max_positions),
         tokenizer=tokenizer,
+        reference=reference,
         energy=EnergySpec(source=energy_source),
         variants={v: Variant(file=VARIANT_FILES[v], sha256=sha256_file(out_dir / VARIANT_FILES[v]),
                              providers=VARIANT_PROVIDERS[v])

@@ -1,7 +1,9 @@
 """The artifact folder: the one seam between training (model_export/) and serving (service/).
 
 An artifact is a folder holding ``electric.json`` (this module's :class:`Manifest`), a
-Hugging Face ``tokenizers`` file and one ONNX file per variant. Every ONNX file takes
+Hugging Face ``tokenizers`` file, one ONNX file per variant and, since issue #13,
+``reference.json``: the PyTorch model's energies on a fixed sentence set, which
+``electric verify`` compares every variant with (service/reference_energies.py). Every ONNX file takes
 ``input_ids`` and ``attention_mask`` (int64, ``[batch, seq]``, right padded) and returns
 ``energies`` (float32, ``[batch, seq]``): one energy per position, lower = fits its context.
 Special tokens and padding get energies too; consumers drop them.
@@ -74,6 +76,15 @@ class Variant(_Strict):
     """Execution providers the variant is meant for, best first."""
 
 
+class ReferenceSpec(_Strict):
+    """The reference energies file (service/reference_energies.py has its format)."""
+
+    file: str = "reference.json"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sentences: int = Field(gt=0)
+    """How many sentences it holds."""
+
+
 RankPrior = Literal["none", "linear", "log"]
 
 
@@ -97,6 +108,9 @@ class Manifest(_Strict):
     """How it was made: warm start, corpora, steps, tokens seen, wall time, hardware, losses."""
     evaluation: dict[str, Any] = Field(default_factory=dict)
     """Figures measured on dev sets, as written by the evaluation command."""
+    reference: ReferenceSpec | None = None
+    """None in artifacts exported before the reference file existed: they load and serve as
+    before (serving never reads the file), but ``electric verify`` refuses them."""
 
     def public(self) -> dict[str, Any]:
         """The manifest as GET /v1/model shows it: no file names."""
@@ -104,6 +118,8 @@ class Manifest(_Strict):
         data["variants"] = {name: {"sha256": v.sha256, "providers": v.providers}
                             for name, v in self.variants.items()}
         data["tokenizer"].pop("file", None)
+        if data.get("reference"):
+            data["reference"].pop("file", None)
         return data
 
 

@@ -31,10 +31,12 @@ def test_train_export_verify(tmp_path: Path, tiny_tokenizer_path: Path, capsys) 
     assert main(["verify", str(out), "--checkpoint", str(run_dir / "final.safetensors"),
                  "--sentences", str(sentences)]) == 0
     assert "PASSED" in capsys.readouterr().out
+    assert main(["verify", str(out)]) == 0  # against the energies stored at export
 
     # A tampered variant fails verification with exit status 1.
     onnx_file = out / manifest["variants"]["int8"]["file"]
     data = bytearray(onnx_file.read_bytes())
     data[-1] ^= 0xFF
     onnx_file.write_bytes(bytes(data))
-    assert main(["verify", str(out), "--sentences", str(sentences)]) == 1
+    assert main(["verify", str(out)]) == 1
+    assert "FAILED: int8" in capsys.readouterr().err

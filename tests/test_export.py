@@ -111,7 +111,8 @@ def test_manifest_and_folder(tiny_artifact, model, tiny_tokenizer_path):
         verified_variant_path(tiny_artifact, manifest, variant)
     # Only the artifact's own files: no intermediate graphs.
     assert sorted(p.name for p in tiny_artifact.iterdir()) == [
-        "electric.json", "model.fp32.onnx", "model.int8.onnx", "tokenizer.json"]
+        "electric.json", "model.fp32.onnx", "model.int8.onnx", "reference.json", "tokenizer.json"]
+    assert manifest.reference is not None
     tok = json.loads((tiny_artifact / "tokenizer.json").read_text())
     assert tok["padding"] is None and tok["truncation"] is None
     assert Tokenizer.from_file(str(tiny_artifact / "tokenizer.json")).get_vocab() == \
@@ -121,16 +122,16 @@ def test_manifest_and_folder(tiny_artifact, model, tiny_tokenizer_path):
 def test_verify_passes_with_and_without_checkpoint(tiny_artifact, model, sentences):
     report = verify_artifact(tiny_artifact, model, sentences)
     assert report.passed, report.table()
-    by_name = {c.variant: c for c in report.checks}
+    by_name = {c.variant: c for c in report.checks if c.reference == "pytorch"}
     assert by_name["fp32"].max_abs_diff <= FP32_ATOL
     assert by_name["int8"].pearson >= 0.99
-    alone = verify_artifact(tiny_artifact, None, sentences)
+    alone = verify_artifact(tiny_artifact)  # the stored reference energies only
     assert alone.passed, alone.table()
-    assert {c.reference for c in alone.checks} == {"-", "fp32"}
+    assert {c.reference for c in alone.checks} == {"stored"}
     assert "int8" in alone.table() and "PASSED" in alone.table()
 
 
-def test_tampered_variant_is_detected(tiny_artifact, sentences, tmp_path):
+def test_tampered_variant_is_detected(tiny_artifact, tmp_path):
     folder = tmp_path / "tampered"
     shutil.copytree(tiny_artifact, folder)
     path = folder / VARIANT_FILES["int8"]
@@ -140,10 +141,10 @@ def test_tampered_variant_is_detected(tiny_artifact, sentences, tmp_path):
     manifest = load_manifest(folder)
     with pytest.raises(ArtifactError, match="sha256"):
         verified_variant_path(folder, manifest, "int8")
-    report = verify_artifact(folder, None, sentences)
+    report = verify_artifact(folder)
     assert not report.passed
     status = {c.variant: c.status for c in report.checks}
-    assert status == {"fp32": "pass", "int8": "fail"}
+    assert status == {"tokenizer": "pass", "fp32": "pass", "int8": "fail"}
     assert "sha256" in report.table()
 
 
@@ -151,7 +152,8 @@ def test_wrong_model_fails_verification(tiny_artifact, sentences):
     other = build_tiny_electric(seed=1)
     report = verify_artifact(tiny_artifact, other, sentences)
     assert not report.passed
-    assert {c.variant: c.status for c in report.checks}["fp32"] == "fail"
+    live = {c.variant: c.status for c in report.checks if c.reference == "pytorch"}
+    assert live["fp32"] == "fail"
 
 
 def test_fp16_variant_is_written_and_skipped_without_cuda(model, tiny_tokenizer_path, sentences,
