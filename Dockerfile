@@ -11,12 +11,14 @@
 # default ships int8 only, the CPU variant; for the gpu target export an artifact with an fp16
 # variant first and pass --build-arg ARTIFACT=models/<that folder>.
 
-# onnxruntime-gpu 1.31.1 on PyPI is built against CUDA 13.0 and cuDNN 9 (its wheel says so in
-# onnxruntime/capi/build_and_package_info.py, and its shared library links libcublas.so.13 and
-# libcudart.so.13). CUDA keeps minor-version compatibility, not major: the base image's CUDA
-# major must equal the wheel's. Change the two together.
+# Dependencies come from the lock, hash-checked: requirements/serve.txt (cpu) and gpu.txt (gpu),
+# both universal (any Python >= 3.11), so the images' Python 3.12 installs them as CI's 3.11 does.
+#
+# onnxruntime-gpu 1.31.1 (pinned in requirements/gpu.in) is built against CUDA 13.0 and cuDNN 9
+# (its wheel says so in onnxruntime/capi/build_and_package_info.py, and its shared library links
+# libcublas.so.13 and libcudart.so.13). CUDA keeps minor-version compatibility, not major: the
+# base image's CUDA major must equal the wheel's. Change the two together.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
-ARG ORT_GPU_VERSION=1.31.1
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 ARG ARTIFACT=models/electric-minilm
 
@@ -36,18 +38,23 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # ---------------------------------------------------------------------------------------------
-# Build stages: the serving install (no torch, no model_export) in /opt/venv.
+# Build stages: the serving install (no torch, no model_export) in /opt/venv. First the locked
+# dependencies (a layer that only a re-lock rebuilds), then the project with --no-deps and the
+# lock's own setuptools (--no-build-isolation): nothing is resolved during the build.
 
 FROM cpu-base AS cpu-build
 RUN python -m venv /opt/venv
 WORKDIR /src
+COPY requirements/serve.txt ./requirements/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/venv/bin/pip install --disable-pip-version-check --require-hashes \
+        -r requirements/serve.txt
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN --mount=type=cache,target=/root/.cache/pip \
-    /opt/venv/bin/pip install --disable-pip-version-check ".[cpu]"
+RUN /opt/venv/bin/pip install --disable-pip-version-check --no-cache-dir --no-deps \
+        --no-build-isolation .
 
 FROM gpu-base AS gpu-build
-ARG ORT_GPU_VERSION
 # python3-venv for ensurepip, build stage only; unpinned for the reason given in gpu-base.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -55,11 +62,14 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 WORKDIR /src
+COPY requirements/gpu.txt ./requirements/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/venv/bin/pip install --disable-pip-version-check --require-hashes \
+        -r requirements/gpu.txt
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN --mount=type=cache,target=/root/.cache/pip \
-    /opt/venv/bin/pip install --disable-pip-version-check \
-        ".[gpu]" "onnxruntime-gpu==${ORT_GPU_VERSION}"
+RUN /opt/venv/bin/pip install --disable-pip-version-check --no-cache-dir --no-deps \
+        --no-build-isolation .
 
 # ---------------------------------------------------------------------------------------------
 # Runtime stages. Identical but for the base and the venv they copy: keep them in step.

@@ -1,22 +1,39 @@
-# Two commands on a fresh machine: `make serve` and `make test`. Both create .venv as needed.
+# Two commands on a fresh machine: `make serve` and `make test`. Both create .venv as needed and
+# install from the lock (requirements/*.txt, README "Dependencies"): pinned, hash-checked, nothing
+# resolved at install time. `make lock` is the one command that resolves, on purpose.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Where the CPU build of torch lies (torch-2.13.0+cpu); the test and export locks pin that file.
+TORCH_WHEELS ?= /opt/wheels
+# Extra flags for `make lock`: LOCK_ARGS=--upgrade (every package to its newest allowed release)
+# or LOCK_ARGS="--upgrade-package onnxruntime". Without them a re-lock keeps every pin that still
+# satisfies pyproject.toml.
+LOCK_ARGS ?=
 
-.PHONY: serve test lint bench-service clean
+.PHONY: serve test lint lock bench-service clean
 
+# The venv's own pip is replaced first by the locked one (requirements/build.txt), which then
+# installs everything else.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --require-hashes -r requirements/build.txt
+
+# The lock pins pip, setuptools and wheel too, so the project installs with --no-build-isolation
+# from what the lock put there; --no-deps: its dependencies came from the lock.
+INSTALL_PROJECT := $(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 
 # Serving install: onnxruntime (CPU) and the service, no torch.
-$(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[cpu]"
+$(VENV)/.serve-installed: requirements/serve.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes -r requirements/serve.txt
+	$(INSTALL_PROJECT)
 	touch $@
 
-# Everything the tests need: serving, the PyTorch export half, and the dev tools.
-$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[cpu,export,dev]"
+# Everything the tests need: serving, the PyTorch export half, and the dev tools. test.txt holds
+# serve.txt's versions (make lock constrains one by the other), so it stands for both.
+$(VENV)/.dev-installed: requirements/test.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes -r requirements/test.txt
+	$(INSTALL_PROJECT)
 	touch $@ $(VENV)/.serve-installed
 
 serve: $(VENV)/.serve-installed
@@ -29,6 +46,28 @@ test: $(VENV)/.dev-installed
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check service model_export tests bench
 	$(BIN)/mypy service
+
+# Re-compile every lock from pyproject.toml (build.txt: from build.in alone) with uv (pinned in the dev extra), then run the tests
+# on the result. test.txt first; the others are constrained to its versions, so a package has one
+# version in every lock. test and export pin the local torch file, so they target this machine's
+# Python 3.11 on x86_64 Linux; serve and gpu (no torch) are universal, for any Python >= 3.11.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --custom-compile-command "make lock" \
+	$(LOCK_ARGS) pyproject.toml requirements/build.in
+LOCAL_TORCH = --python-version 3.11 --python-platform x86_64-manylinux_2_28 --emit-find-links
+# -c test.txt also brings test.txt's --find-links line (export.txt carries it on from there).
+PINNED = -c requirements/test.txt
+
+lock: $(VENV)/.dev-installed
+	$(UV_COMPILE) --extra cpu --extra export --extra dev $(LOCAL_TORCH) --find-links $(TORCH_WHEELS) \
+		-o requirements/test.txt
+	$(UV_COMPILE) --extra cpu --extra export $(LOCAL_TORCH) $(PINNED) -o requirements/export.txt
+	$(UV_COMPILE) --extra cpu --universal --python-version 3.11 $(PINNED) -o requirements/serve.txt
+	$(UV_COMPILE) requirements/gpu.in --extra gpu --universal --python-version 3.11 $(PINNED) \
+		-o requirements/gpu.txt
+	$(BIN)/uv pip compile --quiet --generate-hashes --custom-compile-command "make lock" \
+		$(LOCK_ARGS) requirements/build.in --universal --python-version 3.11 $(PINNED) \
+		-o requirements/build.txt
+	$(MAKE) test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -13,7 +13,7 @@ if [ ! -f bench/gpu-models/base.fp16.onnx ]; then
 fi
 if [ ! -x .venv-gpu/bin/electric ]; then
     python3 -m venv .venv-gpu
-    .venv-gpu/bin/pip install --quiet -e ".[gpu]"
+    .venv-gpu/bin/pip install --quiet --require-hashes -r requirements/gpu.txt && .venv-gpu/bin/pip install --quiet --no-deps -e .
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 .venv-gpu/bin/electric bench gpu --models bench/gpu-models --json bench/results/gpu.json "$@"
