@@ -40,6 +40,7 @@ from service.artifact import (
     load_manifest,
     verified_variant_path,
 )
+from service.batching import pad
 from service.reference_energies import load_reference
 from service.tokenization import SentenceTokenizer
 
@@ -126,14 +127,10 @@ class Batch:
     @classmethod
     def pad(cls, rows: Sequence[Sequence[int]], scored: Sequence[Sequence[bool]],
             pad_id: int) -> Batch:
-        T = max(len(r) for r in rows)
-        ids = np.full((len(rows), T), pad_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
+        ids, mask = pad([np.asarray(r, dtype=np.int64) for r in rows], pad_id)
         keep = np.zeros(ids.shape, dtype=np.bool_)
-        for i, (row, flags) in enumerate(zip(rows, scored)):
-            ids[i, :len(row)] = row
-            mask[i, :len(row)] = 1
-            keep[i, :len(row)] = flags
+        for i, flags in enumerate(scored):
+            keep[i, :len(flags)] = flags
         return cls(ids, mask, keep)
 
 
