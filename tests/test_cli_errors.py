@@ -38,7 +38,7 @@ def test_train_without_torch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     assert main(["train", "--preset", "tiny", "--corpora", str(EXAMPLES / "corpus.txt"),
                  "--run-dir", str(tmp_path / "run")]) == 1
     assert one_line(capsys) == ("electric train needs the 'export' extra (torch): "
-                                "pip install -e '.[export]'")
+                                "pip install --require-hashes -r requirements/export.txt")
 
 
 def test_bench_plot_without_matplotlib(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
@@ -46,7 +46,7 @@ def test_bench_plot_without_matplotlib(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["bench", "plot", str(tmp_path), "--out", str(tmp_path / "img")]) == 1
     assert one_line(capsys) == ("electric bench plot needs the 'bench' extra (matplotlib): "
-                                "pip install -e '.[bench]'")
+                                "pip install --require-hashes -r requirements/test.txt")
 
 
 def test_any_command_without_onnxruntime(monkeypatch: pytest.MonkeyPatch,
@@ -56,12 +56,24 @@ def test_any_command_without_onnxruntime(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert main(["score", str(EXAMPLES / "sentences.txt")]) == 1
     assert one_line(capsys).startswith("electric needs the 'cpu' extra (onnxruntime): "
-                                       "pip install -e '.[cpu]'")
+                                       "pip install --require-hashes -r requirements/serve.txt")
+
+
+def test_mt_metric_without_sacrebleu(monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # The metric module imports sacrebleu only when BLEU or chrF is asked for.
+    for module in ("sacrebleu", "sacrebleu.metrics", "sacrebleu.metrics.bleu"):
+        monkeypatch.setitem(sys.modules, module, None)
+    assert main(["tune", str(EXAMPLES / "asr_dev.jsonl"), "-f", "jsonl",
+                 "--metric", "bleu"]) == 1
+    assert one_line(capsys) == ("electric tune needs the 'mt' extra (sacrebleu): "
+                                "pip install --require-hashes -r requirements/test.txt")
 
 
 def test_only_known_modules_map_to_an_extra() -> None:
     assert missing_extra(ModuleNotFoundError(name="sacrebleu.metrics"), "tune") == (
-        "electric tune needs the 'mt' extra (sacrebleu): pip install -e '.[mt]'")
+        "electric tune needs the 'mt' extra (sacrebleu): "
+        "pip install --require-hashes -r requirements/test.txt")
     # Our own modules, or anything else, are bugs: main() lets them raise.
     assert missing_extra(ModuleNotFoundError(name="model_export.nowhere"), "eval") is None
     assert missing_extra(ModuleNotFoundError(name=None), "eval") is None
