@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -42,13 +43,39 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = preset(args.preset, **_parse_overrides(args.set))
     run_dir = Path(args.run_dir)
-    final = train(cfg, [Path(p) for p in args.corpora], run_dir,
-                  _train_tokenizer(args.tokenizer, cfg.warm_start or cfg.init_from, run_dir))
+    final = train(cfg, [Path(p) for p in args.corpora or []], run_dir,
+                  _train_tokenizer(args.tokenizer, cfg.warm_start or cfg.init_from, run_dir),
+                  shard=Path(args.shard) if args.shard else None)
     print(f"final checkpoint: {final}")
     if args.export:
         # The text the model was trained on is the natural calibration text for its int8.
         _export_checkpoint(final, Path(args.export), args.name, args.variants,
                            _int8_options(args, default_calibration=args.corpora))
+    return 0
+
+
+def _train_shard(args: argparse.Namespace) -> int:
+    from model_export.presets import preset
+    from model_export.shard import build_shard, shard_paths
+
+    cfg = preset(args.preset, **_parse_overrides(args.set))
+    tokenizer = args.tokenizer and Path(args.tokenizer)
+    if not tokenizer:
+        from model_export.presets import MINILM
+        from model_export.warmstart import resolve_warm_start
+
+        warm = resolve_warm_start(cfg.warm_start or MINILM)
+        assert warm is not None
+        tokenizer = warm / "tokenizer.json"
+    if args.max_tokens < 0:
+        raise SystemExit(f"--max-tokens {args.max_tokens} must be >= 0 (0: no cap)")
+    meta = build_shard(cfg, [Path(p) for p in args.corpora], tokenizer, Path(args.out),
+                       max_tokens=args.max_tokens, seed=args.seed,
+                       cache_path=Path(args.cache) if args.cache else None)
+    arrays, _ = shard_paths(Path(args.out))
+    print(f"wrote {arrays} ({arrays.stat().st_size / 2**20:.1f} MiB): "
+          f"{meta['tokens']['train']:,} training and {meta['tokens']['heldout']:,} held-out "
+          f"tokens in {sum(meta['sequences'].values()):,} sequences")
     return 0
 
 
@@ -104,6 +131,67 @@ def _print_export(out: Path, manifest: Any) -> None:
     print(f"wrote {out} with variants {sorted(manifest.variants)}")
     if fused:
         print("fused ops: " + ", ".join(f"{op} {n}" for op, n in sorted(fused.items())))
+
+
+def _device(args: argparse.Namespace) -> int:
+    """``electric device warm-start | pack | split | join``: the files of a GPU-device run."""
+    from model_export import device_pieces as pieces
+
+    if args.action == "warm-start":
+        import torch
+
+        from model_export.presets import MINILM
+        from model_export.warmstart import resolve_warm_start
+
+        source = resolve_warm_start(args.warm_start or MINILM)
+        assert source is not None
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+        out = pieces.write_portable_warm_start(source, Path(args.out), dtype)
+        print(f"wrote {out}: {_mib(out)} MiB")
+    elif args.action == "pack":
+        from model_export.shard import shard_paths
+
+        call_mib = args.call_mib or _call_budget_mib()
+        if call_mib < 2:
+            raise SystemExit(f"--call-mib {call_mib:.1f} must be at least 2")
+        arrays, meta = shard_paths(Path(args.shard))
+        warm = Path(args.warm_start)
+        files = {f"warm/{n}": warm / n for n in pieces.WARM_FILES}
+        files.update({"shard.npz": arrays, "shard.json": meta})
+        lacking = [str(p) for p in files.values() if not p.is_file()]
+        if lacking:
+            raise SystemExit(f"missing {lacking}")
+        folders = pieces.pack_upload(files, Path(args.out), int(call_mib * pieces.MIB))
+        for folder in folders:
+            print(f"{folder}: {_mib(folder)} MiB")
+    elif args.action == "split":
+        index = pieces.split_run(Path(args.run_dir), Path(args.out))
+        print(f"wrote {len(index['pieces'])} pieces and {pieces.INDEX} to {args.out}: "
+              f"{_mib(Path(args.out))} MiB")
+    else:
+        final = pieces.join_run(Path(args.pieces), Path(args.run_dir))
+        print(f"rebuilt {final}; export it with `electric export {final} --out ARTIFACT`")
+    return 0
+
+
+def _call_budget_mib() -> float:
+    """What one device call can carry beside the working tree: its 64 MiB less the files git
+    would send (tracked, and untracked but not ignored) less 2 MiB of slack."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                                 "--exclude-standard"], capture_output=True, check=True,
+                                timeout=60).stdout.split(b"\0")
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SystemExit(f"could not list the working tree ({exc}); pass --call-mib") from exc
+    paths = [Path(os.fsdecode(name)) for name in listed if name]
+    tree = sum(p.stat().st_size for p in paths if p.is_file())
+    return 64 - tree / 2**20 - 2
+
+
+def _mib(folder: Path) -> str:
+    return f"{sum(p.stat().st_size for p in folder.rglob('*') if p.is_file()) / 2**20:.1f}"
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -197,7 +285,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser("train", help="train an Electric model with NCE (needs the export extra)")
     p.add_argument("--preset", default="small",
                    help="training preset: tiny, small, small_two_tower or base")
-    p.add_argument("--corpora", nargs="+", required=True, help="*.txt or *.txt.gz files")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--corpora", nargs="+", help="*.txt or *.txt.gz files")
+    data.add_argument("--shard", help="a shard from `electric train-shard` (NAME.npz, with "
+                                      "NAME.json beside it) instead of --corpora")
     p.add_argument("--run-dir", required=True, help="checkpoints and logs; rerun to resume")
     p.add_argument("--tokenizer", help="tokenizer.json (default: the warm start's, else the "
                                        "bundled all-MiniLM-L6-v2 WordPiece)")
@@ -206,6 +297,45 @@ def register(sub: Any) -> None:
     p.add_argument("--export", help="after training, write an artifact folder here")
     _add_artifact_flags(p, "default: the --corpora")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("train-shard", help="tokenize and pack the corpora as `train` would and "
+                                           "write them as one file (for a GPU machine)")
+    p.add_argument("--preset", default="gpu", help="the preset whose max_len, held-out and "
+                                                   "speech-form fractions and corpus mix to use")
+    p.add_argument("--corpora", nargs="+", required=True, help="*.txt or *.txt.gz files")
+    p.add_argument("--out", required=True, help="NAME.npz; NAME.json is written beside it")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the preset's warm start's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field, e.g. --set max_len=64")
+    p.add_argument("--max-tokens", type=int, default=0,
+                   help="cap on the tokens written (0: none); large low-weight corpora are "
+                        "sampled first (model_export/shard.py)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --max-tokens sample")
+    p.add_argument("--cache", help="tokenized-corpora cache to reuse across shards "
+                                   "(default: NAME.tokens.npz beside --out)")
+    p.set_defaults(func=_train_shard)
+
+    p = sub.add_parser("device", help="carry a training run to a lent GPU machine and back "
+                                      "(docs/TRAINING.md, \"Training on the GPU device\")")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("warm-start", help="write the warm start as a small bf16 folder")
+    a.add_argument("--out", required=True)
+    a.add_argument("--warm-start", default="", help="BERT-family folder (default: MiniLM)")
+    a.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
+    a = actions.add_parser("pack", help="cut the warm start and a shard into per-call folders")
+    a.add_argument("--warm-start", required=True, help="the folder `device warm-start` wrote")
+    a.add_argument("--shard", required=True, help="NAME.npz from `electric train-shard`")
+    a.add_argument("--out", required=True, help="e.g. .device/up (git-ignored); replaced")
+    a.add_argument("--call-mib", type=float, default=0.0,
+                   help="most MiB one call may carry (default: 64 less the working tree git "
+                        "would send, less 2; run it in the repository's root)")
+    a = actions.add_parser("split", help="a finished run's export files as pieces for $OUT")
+    a.add_argument("run_dir")
+    a.add_argument("--out", required=True)
+    a = actions.add_parser("join", help="rebuild a run folder from `device split`'s pieces")
+    a.add_argument("pieces")
+    a.add_argument("--run-dir", required=True)
+    p.set_defaults(func=_device)
 
     p = sub.add_parser("export", help="export a training checkpoint to an artifact folder")
     p.add_argument("checkpoint", help="final.safetensors (with config.json beside it)")

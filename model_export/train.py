@@ -49,7 +49,7 @@ from model_export.data import (
 from model_export.model import Electric
 from model_export.nce import NCEConfig, NoiseModel, TwoTowerNoise, choose_positions, nce_loss
 from model_export.ngram import NgramCloze
-from model_export.presets import TrainConfig, corpus_stem, parse_corpus_weights
+from model_export.presets import TrainConfig
 from model_export.run_files import (
     CHECKPOINT,
     FINAL,
@@ -59,10 +59,12 @@ from model_export.run_files import (
     hardware,
     write_final,
 )
+from model_export.shard import check_shard, corpus_weights, load_shard
 from model_export.warmstart import config_from_bert, load_bert_encoder, resolve_warm_start
 
 # TrainConfig fields that may differ when a run is resumed: they change no step's result.
-RESUMABLE_CHANGES = frozenset({"steps", "log_every", "eval_every", "ckpt_every", "threads"})
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "eval_every", "ckpt_every", "threads",
+                               "max_minutes"})
 # Loss terms averaged over a log window, per phase.
 WINDOW_KEYS = {"noise_pretrain": ("mle_loss",),
                "joint": ("loss", "nce_loss", "mle_loss", "noise_acc", "data_acc", "copy_rate")}
@@ -285,35 +287,41 @@ def framed(sequences: PackedSequences, special: SpecialIds, limit: int | None = 
     return [sequences.sequence(int(i), special) for i in index]
 
 
-def corpus_weights(cfg: TrainConfig, corpora: list[Path]) -> list[float] | None:
-    """One weight per corpus file from ``cfg.corpus_weights``; None when it is empty."""
-    named = parse_corpus_weights(cfg.corpus_weights)
-    if not named:
-        return None
-    stems = [corpus_stem(p.name) for p in corpora]
-    unknown = sorted(set(named) - set(stems))
-    if unknown:
-        raise ValueError(f"corpus_weights names {unknown}, which are not among the corpora {stems}")
-    return [named.get(stem, 1.0) for stem in stems]
+def training_data(cfg: TrainConfig, corpora: list[Path], shard: Path | None, run_dir: Path,
+                  tokenizer_path: Path
+                  ) -> tuple[PackedSequences, list[float] | None, list[str], dict[str, Any] | None]:
+    """Packed sequences (training and held-out), corpus weights, corpus file names and the
+    shard's provenance: from the corpora (tokenized into the run's cache), or from a shard."""
+    if shard is not None:
+        if corpora:
+            raise ValueError("give corpora or a shard, not both")
+        loaded = load_shard(shard)
+        check_shard(loaded, cfg, tokenizer_path)
+        return loaded.sequences, loaded.weights, loaded.corpora, loaded.meta
+    corpus = load_or_tokenize(corpora, tokenizer_path, run_dir / "tokens.npz",
+                              cfg.heldout_fraction, cfg.plain_fraction)
+    return (pack(corpus, cfg.max_len), corpus_weights(cfg, corpora), [p.name for p in corpora],
+            None)
 
 
 def train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
-          tokenizer_path: Path | None = None) -> Path:
+          tokenizer_path: Path | None = None, shard: Path | None = None) -> Path:
     """Train (or resume) a run; returns the path of ``final.safetensors``.
 
-    ``tokenizer_path`` defaults to the warm start's tokenizer.json.
+    ``tokenizer_path`` defaults to the warm start's tokenizer.json. With ``shard`` (shard.py)
+    the packed sequences come from there and ``corpora`` must be empty.
     """
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, corpora, run_dir, tokenizer_path)
+        return _train(cfg, corpora, run_dir, tokenizer_path, shard)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
-           tokenizer_path: Path | None) -> Path:
+           tokenizer_path: Path | None, shard: Path | None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     warm = Path(cfg.init_from) if cfg.init_from else resolve_warm_start(cfg.warm_start)
@@ -328,9 +336,7 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
     special = SpecialIds.from_tokenizer(tokenizer)
     special_ids = [special.cls, special.sep]
 
-    corpus = load_or_tokenize(corpora, run_tokenizer, run_dir / "tokens.npz", cfg.heldout_fraction,
-                              cfg.plain_fraction)
-    packed = pack(corpus, cfg.max_len)
+    packed, weights, corpus_names, shard_meta = training_data(cfg, corpora, shard, run_dir, run_tokenizer)
     train_part, heldout_part = packed.subset(False), packed.subset(True)
     eval_seqs = framed(heldout_part, special, cfg.eval_sequences)
 
@@ -343,8 +349,7 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
     needs_counts = not resuming or (cfg.noise == "ngram" and not (run_dir / "ngram.npz").exists())
     train_seqs = framed(train_part, special) if needs_counts else []
     noise = make_noise(cfg, model, train_seqs, special, run_dir)
-    stream = BatchStream(train_part, special, cfg.batch_size, cfg.seed,
-                         weights=corpus_weights(cfg, corpora))
+    stream = BatchStream(train_part, special, cfg.batch_size, cfg.seed, weights=weights)
     trainer = Trainer(cfg, model, noise, stream, device)
 
     if resuming:
@@ -386,9 +391,10 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
 
     facts = {"preset": cfg.name, "warm_start": state["warm_start"],
              **({"init_from": state["init_from"]} if "init_from" in state else {}),
-             "corpora": [p.name for p in corpora],
-             **({"corpus_weights": dict(zip((p.name for p in corpora), weights))}
-                if (weights := corpus_weights(cfg, corpora)) else {}),
+             "corpora": corpus_names,
+             **({"corpus_weights": dict(zip(corpus_names, weights))} if weights else {}),
+             **({"shard": {**shard_meta, "file": shard.name}} if shard_meta else {}),
+             **({"stopped_early": state["stopped_early"]} if "stopped_early" in state else {}),
              "noise": cfg.noise,
              "noise_pretrain_steps": cfg.noise_pretrain_steps, "steps": cfg.steps,
              "batch_size": cfg.batch_size, "max_len": cfg.max_len,
@@ -400,8 +406,13 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
 
 def run_loop(cfg: TrainConfig, trainer: Trainer, state: dict[str, Any], log: MetricsLog,
              evaluate: Any, ckpt: Path) -> None:
-    """Steps from ``state["step"]`` to the end: log windows, evaluations, checkpoints."""
-    session_start = time.perf_counter()
+    """Steps from ``state["step"]`` to the end: log windows, evaluations, checkpoints.
+
+    With ``cfg.max_minutes`` the loop ends after the first step that finds that much wall time
+    spent in this call, evaluating and checkpointing there, and the run finishes as usual.
+    """
+    session_start = budget_start = time.perf_counter()
+    state.pop("stopped_early", None)  # a resumed run gets the budget again
     window_time, window_tokens = 0.0, 0  # for tokens/s: step compute only, not eval or saving
     bar = tqdm(total=cfg.total_steps, initial=state["step"], unit="step", dynamic_ncols=True)
     for step in range(state["step"], cfg.total_steps):
@@ -431,12 +442,20 @@ def run_loop(cfg: TrainConfig, trainer: Trainer, state: dict[str, Any], log: Met
             bar.set_postfix(loss=f"{record.get('loss', record['mle_loss']):.3f}",
                             tok_s=f"{record['tokens_per_s']:.0f}")
             window_time, window_tokens = 0.0, 0
-        if done == cfg.total_steps or (cfg.eval_every and done % cfg.eval_every == 0):
+        out_of_time = (cfg.max_minutes > 0 and done < cfg.total_steps
+                       and time.perf_counter() - budget_start >= cfg.max_minutes * 60)
+        if out_of_time:
+            state["stopped_early"] = {"step": done, "planned_steps": cfg.total_steps,
+                                      "max_minutes": cfg.max_minutes}
+        final = done == cfg.total_steps or out_of_time
+        if final or (cfg.eval_every and done % cfg.eval_every == 0):
             evaluate(done)
-        if done % cfg.ckpt_every == 0 or done == cfg.total_steps:
+        if final or done % cfg.ckpt_every == 0:
             state["step"] = done
             state["wall_time_s"] += time.perf_counter() - session_start
             session_start = time.perf_counter()
             trainer.save(ckpt, state)
+        if out_of_time:
+            break
     bar.close()
     state["wall_time_s"] += time.perf_counter() - session_start

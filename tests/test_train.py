@@ -177,7 +177,7 @@ def test_lr_schedule_warms_up_and_decays_per_phase() -> None:
 
 
 def test_presets_and_unknown_keys() -> None:
-    assert set(TRAIN_PRESETS) == {"tiny", "small", "small_two_tower", "base"}
+    assert set(TRAIN_PRESETS) == {"tiny", "small", "small_two_tower", "gpu", "base"}
     assert preset("small", steps=5).steps == 5
     with pytest.raises(ValueError, match="unknown TrainConfig keys"):
         preset("small", stepz=5)
