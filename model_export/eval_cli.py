@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model_export.eval_report import format_table, manifest_summary
+from model_export.eval_report import format_table, manifest_summary, plot_paradigms
 from model_export.eval_sets import EVAL_DIR_VARIABLE, resolve_eval_dir
 from model_export.evaluate import MEASURES, evaluate
 from model_export.scorers import Scorer
@@ -94,6 +94,11 @@ def _eval(args: argparse.Namespace) -> int:
     from service.artifact import load_manifest, write_manifest
 
     folder = Path(args.artifact)
+    if args.plot:  # before the minutes of scoring, not after them
+        if "zorro" not in args.measures:
+            raise SystemExit("electric eval: --plot draws Zorro's per-paradigm accuracy; "
+                             "add zorro to --measures")
+        import matplotlib  # noqa: F401  (missing: electric's main() names the extra)
     try:
         eval_dir = resolve_eval_dir(args.eval_dir, args.measures)
     except FileNotFoundError as exc:
@@ -107,6 +112,9 @@ def _eval(args: argparse.Namespace) -> int:
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.plot:
+        plot_paradigms(results, Path(args.plot))
+        print(f"\nwrote {args.plot} (Zorro accuracy per paradigm)")
     if args.update_manifest:
         main = next(iter(results["scorers"]))
         manifest = load_manifest(folder)
@@ -162,6 +170,8 @@ def register_eval(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="Zorro sample and random head seed")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--json", help="also write every figure to this JSON file")
+    p.add_argument("--plot", metavar="PATH",
+                   help="draw Zorro accuracy per paradigm as a bar chart PNG (needs matplotlib)")
     p.add_argument("--update-manifest", action="store_true",
                    help="write the first variant's figures and tuned weights into electric.json")
     p.set_defaults(func=_eval)

@@ -1,9 +1,11 @@
-"""The ``electric eval`` results as Markdown tables, and the summary that goes into a manifest."""
+"""The ``electric eval`` results as Markdown tables, a per-paradigm chart (``--plot``), and the
+summary that goes into a manifest."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from model_export.eval_sets import ASR_FILE, MT_FILE, ZORRO_FILE
@@ -94,6 +96,44 @@ def format_table(results: dict[str, Any]) -> str:
     lines += ["", f"Wall time: {results['wall_seconds']:.0f} s"
               + "".join(f"; {k} {v:.0f} s" for k, v in results.get("setup_seconds", {}).items())]
     return "\n".join(lines)
+
+
+def plot_paradigms(results: dict[str, Any], path: Path) -> None:
+    """Zorro minimal-pair accuracy per paradigm as a horizontal bar chart (PNG): a bar per
+    paradigm for the first scorer, sorted (best at the top), its overall accuracy as a line,
+    chance (0.5) dashed, and every other scorer's accuracy as a marker on the same rows.
+
+    Only matplotlib's Agg canvas, imported here: no display and no pyplot state.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    scorers: dict[str, Any] = results["scorers"]
+    main, *others = [n for n, r in scorers.items() if "zorro" in r]
+    zorro = scorers[main]["zorro"]
+    per = zorro["per_paradigm"]
+    order = sorted(per, key=lambda p: (per[p]["accuracy"], p))  # barh draws upwards
+    rows = range(len(order))
+    fig = Figure(figsize=(8.0, 1.5 + 0.28 * len(order)), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.barh(rows, [per[p]["accuracy"] for p in order], color="#4c72b0", label=main)
+    markers = "os^Dv<>P"
+    for k, name in enumerate(others):
+        theirs = scorers[name]["zorro"]["per_paradigm"]
+        ax.scatter([theirs[p]["accuracy"] if p in theirs else math.nan for p in order], rows,
+                   marker=markers[k % len(markers)], s=22, zorder=3,
+                   color=f"C{k % 9 + 1}", label=name)
+    ax.axvline(zorro["accuracy"], color="black", linewidth=1.2,
+               label=f"{main}: overall {zorro['accuracy']:.3f} ({zorro['pairs']} pairs)")
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_yticks(list(rows))
+    ax.set_yticklabels([f"{p} ({per[p]['pairs']})" for p in order], fontsize="small")
+    ax.set_xlim(0.0, 1.02)  # room for a marker at 1.0
+    ax.set_xlabel("accuracy (good sentence scored above bad; a tie is wrong)")
+    ax.set_title("Zorro minimal pairs per paradigm (pairs in brackets)", fontsize="medium")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.savefig(path, format="png")
 
 
 def manifest_summary(results: dict[str, Any], name: str) -> dict[str, Any]:

@@ -9,28 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import hmac
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 
+from service.docs_ui import install_docs
 from service.engine import EnergyEngine
 from service.errors import (
     ClientGone,
     InvalidInput,
     NotReady,
     PayloadTooLarge,
-    Unauthorized,
     error_body,
     install_error_handlers,
 )
 from service.metrics import CONTENT_TYPE
-from service.middleware import BodyLimit, ConcurrencyLimit, JsonContentType, RequestMetrics
+from service.middleware import (
+    ApiKeys,
+    BodyLimit,
+    ConcurrencyLimit,
+    HeadAsGet,
+    JsonContentType,
+    RequestMetrics,
+)
+from service.request_context import RequestContext
 from service.runtime import Runtime
 from service.schemas import (
     ErrorBody,
@@ -48,6 +56,7 @@ from service.schemas import (
 from service.scoring import rank, unique_texts
 from service.settings import Settings
 from service.tokenization import TooLong
+from service.ui import install_ui
 
 T = TypeVar("T")
 
@@ -58,41 +67,24 @@ async def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
-
-
-def _check_key(request: Request, runtime: Runtime) -> None:
-    """With ``ELECTRIC_API_KEYS`` set, /v1 wants ``Authorization: Bearer <key>`` or X-API-Key."""
-    keys = runtime.settings.api_keys
-    if not keys:
-        return
-    given = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
-    if given is None and auth[:7].lower() == "bearer ":
-        given = auth[7:].strip()
-    # Digests are all 32 bytes, so compare_digest's time says nothing about a key's length,
-    # and every key is compared: no early exit that would time-leak which one matched.
-    presented = _digest(given or "")
-    matches = [hmac.compare_digest(presented, _digest(key.get_secret_value())) for key in keys]
-    if given is None or not any(matches):
-        # The message never echoes what was sent: it may be a key for something else.
-        raise Unauthorized("missing or unknown API key; send 'Authorization: Bearer <key>'")
-
-
 async def authorized(request: Request) -> Runtime:
-    """The runtime, for a client with a valid API key (when keys are configured)."""
-    runtime = await get_runtime(request)
-    _check_key(request, runtime)
-    return runtime
+    """The runtime, for a route that wants an API key (when keys are configured). The key is
+    checked by the ApiKeys middleware, on every path a route taking this serves, from the
+    headers alone: before a request slot is taken or the body read (see build_app)."""
+    return await get_runtime(request)
 
 
 async def metrics_reader(request: Request) -> Runtime:
-    """The runtime, for a Prometheus scrape: keyed only with ``metrics_require_key``."""
-    runtime = await get_runtime(request)
-    if runtime.settings.metrics_require_key:
-        _check_key(request, runtime)
-    return runtime
+    """The runtime, for a Prometheus scrape: keyed (by ApiKeys) only with
+    ``metrics_require_key``."""
+    return await get_runtime(request)
+
+
+def _keyed_paths(routers: Sequence[APIRouter]) -> frozenset[str]:
+    """The paths of the routes that take ``authorized``: those ApiKeys guards."""
+    return frozenset(route.path for router in routers for route in router.routes
+                     if isinstance(route, APIRoute)
+                     and any(dep.call is authorized for dep in route.dependant.dependencies))
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
@@ -139,7 +131,7 @@ _REFUSALS: dict[int | str, dict[str, Any]] = {
         (500, "Inference failed"), (503, "Not ready, draining or engine failing"),
         (504, "Deadline passed"))}
 
-# Every /v1 route takes AuthorizedDep, which checks the API key. One dependency per route on
+# Every /v1 route takes AuthorizedDep, whose key ApiKeys checks. One dependency per route on
 # purpose: FastAPI's dependency resolution costs about as much per request as tokenizing a
 # sentence, so admission is a plain `with` in the handler rather than a yield dependency.
 v1 = APIRouter(prefix="/v1", responses=_REFUSALS)
@@ -203,6 +195,8 @@ async def model(runtime: AuthorizedDep) -> ModelInfo:
                      provider=engine.providers[0] if engine.providers else "unknown",
                      providers=engine.providers, max_tokens=runtime.tokenizer.max_tokens,
                      batching=dataclasses.asdict(runtime.limits) if runtime.limits else {},
+                     request_limits=dataclasses.asdict(runtime.request_limits)
+                     if runtime.request_limits else {},
                      ready=runtime.ready)
 
 
@@ -254,23 +248,48 @@ def build_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="Electric scoring service", version="1",
                   summary="Per-token energies, sentence scores and n-best re-ranking with an "
                           "Electric energy model (Clark et al. 2020).",
-                  lifespan=lifespan)
+                  docs_url=None, redoc_url=None,  # served offline by service/docs_ui.py
+                  # No trailing-slash redirect: its Location would repeat the client's Host.
+                  redirect_slashes=False, lifespan=lifespan)
     settings = runtime.settings
     install_error_handlers(app, runtime.metrics.reject)
     app.include_router(v1)
     app.include_router(probes)
+    from service.compat import compat  # here: compat.py uses this module's dependencies
+
+    app.include_router(compat)
+    install_docs(app, (v1, probes, compat),
+                 keyed_by=(authorized, metrics_reader) if settings.metrics_require_key
+                 else (authorized,), keys_required=bool(settings.api_keys))
+    install_ui(app)  # GET / and /ui: the browser page (service/ui.py)
     # Each add_middleware wraps what is already there: the last added runs first.
+    app.add_middleware(HeadAsGet)
     app.add_middleware(JsonContentType)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
-                       timeout_s=settings.request_timeout_s, metrics=runtime.metrics)
+                       timeout_s=settings.request_timeout_s, metrics=runtime.metrics,
+                       start_timeout_s=settings.body_start_timeout_s)
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests,
-                       metrics=runtime.metrics)
+                       metrics=runtime.metrics, per_peer=settings.max_requests_per_peer)
+    if settings.api_keys:
+        # Before the limits: a keyless request never takes a slot nor has its body read.
+        keyed = _keyed_paths((v1, probes, compat))
+        if settings.metrics_require_key:
+            keyed |= {"/metrics"}
+        app.add_middleware(ApiKeys, keys=settings.api_keys, paths=keyed,
+                           metrics=runtime.metrics)
     if settings.cors_origins:
         # Outside the limits, so that a browser can read their refusals (and Retry-After).
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
-            expose_headers=["Retry-After"], max_age=600)
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
+            expose_headers=["Retry-After", "X-Request-ID", "X-Total-Time", "X-Queue-Time",
+                            "X-Inference-Time"], max_age=600)
+    # Only for clients that ask (Accept-Encoding: gzip) and bodies worth it. Level 1, not
+    # Starlette's 9: on a 250 KB /v1/score body 4 ms for 2.7x smaller, where 9 takes 30 ms
+    # for 3.3x (docs/SERVICE.md).
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=1)
+    # Outermost but one: every response, refusals included, carries the request id and timing.
+    app.add_middleware(RequestContext)
     # Outermost: it also counts and logs what the limits refuse.
     app.add_middleware(RequestMetrics, metrics=runtime.metrics, access_log=settings.access_log)
     return app

@@ -2,7 +2,9 @@
 
 Requests add their sequences to the queue and await a future. The loop takes the next batch
 (service/batching.py decides which), runs the engine in a worker thread and hands each request
-its rows. While a batch runs, new work piles up, so the next batch is large exactly when the
+its rows. Requests take turns: each batch is anchored on the next request in a round robin and
+its window interleaves the requests' sequences, so a request of 256 long sentences shares the
+engine with the small ones that come after it instead of making them wait for all of it. While a batch runs, new work piles up, so the next batch is large exactly when the
 service is busy; when the queue is empty the loop sleeps on an event, never on a timer.
 Futures are only touched on the loop thread, and a future that is already done (its client
 left, its deadline passed) is skipped, never an error. An engine error fails the batch it hit
@@ -14,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,6 +39,13 @@ Energies = NDArray[np.float32]
 FAILING_AFTER = 3
 
 
+class Timing(Protocol):
+    """Where a request's time went, for the x-queue-time / x-inference-time headers."""
+
+    queue_s: float
+    inference_s: float
+
+
 @dataclass(eq=False)
 class _Job:
     """One request's sequences; its future resolves when the last of them comes back."""
@@ -43,7 +53,17 @@ class _Job:
     future: asyncio.Future[list[Energies]]
     deadline: float
     pending: int
+    enqueued: float
     results: list[Energies | None] = field(default_factory=list)
+    queued: deque[_Seq] = field(default_factory=deque)
+    """Its sequences not yet taken into a batch, in order."""
+    started: float | None = None
+    """When its first batch started; ``finished`` when its last one ended."""
+    finished: float | None = None
+
+    @property
+    def dead(self) -> bool:
+        return self.future.done()
 
     def deliver(self, slot: int, energies: Energies) -> None:
         if self.future.done():
@@ -63,7 +83,6 @@ class _Seq:
     job: _Job
     slot: int
     ids: NDArray[np.int64]
-    enqueued: float
 
 
 class Batcher:
@@ -74,7 +93,10 @@ class Batcher:
         self._pad_id = pad_id
         self._max_queue = max_queue
         self._metrics = metrics
-        self._queue: deque[_Seq] = deque()
+        # Requests with sequences still queued; the first anchors the next batch, then goes
+        # to the back.
+        self._jobs: deque[_Job] = deque()
+        self._depth = 0  # sequences queued, over all jobs
         self._wake = asyncio.Event()
         self._closed = False
         self._rate = 0.0  # sequences per second, smoothed; sizes Retry-After
@@ -85,7 +107,7 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        return self._depth
 
     @property
     def alive(self) -> bool:
@@ -102,39 +124,47 @@ class Batcher:
     def submit(self, seqs: Sequence[NDArray[np.int64]],
                timeout_s: float) -> asyncio.Future[list[Energies]]:
         """Queue a request's sequences; refuse at once when closed (503) or full (429)."""
+        return self._enqueue(seqs, timeout_s).future
+
+    def _enqueue(self, seqs: Sequence[NDArray[np.int64]], timeout_s: float) -> _Job:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Energies]] = loop.create_future()
+        now = loop.time()
+        job = _Job(loop.create_future(), deadline=now + timeout_s, pending=len(seqs),
+                   enqueued=now, results=[None] * len(seqs))
         if not seqs:
-            future.set_result([])
-            return future
+            job.future.set_result([])
+            return job
         if self._closed or not self.alive:
             raise NotReady("the service is shutting down and takes no new work")
-        if len(self._queue) + len(seqs) > self._max_queue:
-            # Make room by forgetting work nobody waits for any more, before refusing.
-            self._queue = deque(self._drop_dead(list(self._queue), loop.time()))
-        if len(self._queue) + len(seqs) > self._max_queue:
+        if self._depth + len(seqs) > self._max_queue:
+            self._drop_dead(now)  # make room by forgetting work nobody waits for any more
+        if self._depth + len(seqs) > self._max_queue:
             raise Overloaded(
-                f"the queue holds {len(self._queue)} sequences; {len(seqs)} more would pass "
+                f"the queue holds {self._depth} sequences; {len(seqs)} more would pass "
                 f"its limit of {self._max_queue}", retry_after_s=self._retry_after())
-        now = loop.time()
-        job = _Job(future, deadline=now + timeout_s, pending=len(seqs),
-                   results=[None] * len(seqs))
-        self._queue.extend(_Seq(job, slot, ids, now) for slot, ids in enumerate(seqs))
-        self._metrics.queue_depth.set(len(self._queue))
+        job.queued.extend(_Seq(job, slot, ids) for slot, ids in enumerate(seqs))
+        self._jobs.append(job)
+        self._depth += len(seqs)
+        self._metrics.queue_depth.set(self._depth)
         self._wake.set()
-        return future
+        return job
 
-    async def score(self, seqs: Sequence[NDArray[np.int64]],
-                    timeout_s: float) -> list[Energies]:
-        """Energies (one (T,) row per sequence, specials included) within ``timeout_s``."""
-        future = self.submit(seqs, timeout_s)
+    async def score(self, seqs: Sequence[NDArray[np.int64]], timeout_s: float,
+                    timing: Timing | None = None) -> list[Energies]:
+        """Energies (one (T,) row per sequence, specials included) within ``timeout_s``;
+        ``timing`` gets the request's time in the queue and in batches added to it."""
+        job = self._enqueue(seqs, timeout_s)
         try:
             # On timeout or when the caller is cancelled, wait_for cancels the future; the
             # loop then drops the request's queued sequences unrun.
-            return await asyncio.wait_for(future, timeout_s)
+            return await asyncio.wait_for(job.future, timeout_s)
         except asyncio.TimeoutError:
             raise DeadlineExceeded(
                 f"not scored within the request deadline of {timeout_s:g} s") from None
+        finally:
+            if timing is not None and job.started is not None:
+                timing.queue_s += job.started - job.enqueued
+                timing.inference_s += (job.finished or job.started) - job.started
 
     async def close(self) -> None:
         """Stop the loop; whatever is still queued gets 503."""
@@ -142,14 +172,15 @@ class Batcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        while self._queue:
-            self._queue.popleft().job.fail(NotReady("the service shut down before this ran"))
+        while self._jobs:
+            self._jobs.popleft().fail(NotReady("the service shut down before this ran"))
+        self._depth = 0
         self._metrics.queue_depth.set(0)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _loop(self) -> None:
         while True:
-            if not self._queue:
+            if not self._jobs:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -157,32 +188,61 @@ class Batcher:
             if batch:
                 await self._run(batch)
 
-    def _drop_dead(self, seqs: list[_Seq], now: float) -> list[_Seq]:
-        """Fail expired jobs, forget sequences whose job is done; return the live ones."""
-        live = []
-        for seq in seqs:
-            if not seq.job.future.done() and seq.job.deadline <= now:
-                seq.job.fail(DeadlineExceeded("the request deadline passed while it was queued"))
-            if not seq.job.future.done():
-                live.append(seq)
-        return live
+    def _drop_dead(self, now: float) -> None:
+        """Fail expired jobs and forget every job that is done (its client left, its deadline
+        passed, one of its rows failed), with its queued sequences."""
+        live: deque[_Job] = deque()
+        for job in self._jobs:
+            if not job.dead and job.deadline <= now:
+                job.fail(DeadlineExceeded("the request deadline passed while it was queued"))
+            if job.dead:
+                self._depth -= len(job.queued)
+            else:
+                live.append(job)
+        self._jobs = live
+
+    def _window(self) -> list[_Seq]:
+        """Up to ``sort_window`` queued sequences, the requests' taken in turn: the first of
+        each request from the head of the round robin on, then the second of each, and so on.
+        The head request's first sequence comes first, so every batch holds it."""
+        window: list[_Seq] = []
+        rank, size = 0, self._limits.sort_window
+        while len(window) < size:
+            before = len(window)
+            for job in self._jobs:
+                if rank < len(job.queued):
+                    window.append(job.queued[rank])
+                    if len(window) == size:
+                        break
+            if len(window) == before:
+                break
+            rank += 1
+        return window
 
     def _take_batch(self) -> list[_Seq]:
-        loop = asyncio.get_running_loop()
-        window = [self._queue.popleft()
-                  for _ in range(min(self._limits.sort_window, len(self._queue)))]
-        window = self._drop_dead(window, loop.time())
-        picked = set(next_batch([len(s.ids) for s in window], self._limits))
-        self._queue.extendleft(reversed([s for i, s in enumerate(window) if i not in picked]))
-        self._metrics.queue_depth.set(len(self._queue))
-        return [s for i, s in enumerate(window) if i in picked]
+        self._drop_dead(asyncio.get_running_loop().time())
+        window = self._window()
+        batch = [window[i] for i in next_batch([len(s.ids) for s in window], self._limits)]
+        taken = {id(s) for s in batch}
+        in_window = Counter(id(s.job) for s in window)  # each job's window share is its head
+        for job in {id(s.job): s.job for s in batch}.values():
+            head = [job.queued.popleft() for _ in range(in_window[id(job)])]
+            job.queued.extendleft(reversed([s for s in head if id(s) not in taken]))
+        self._depth -= len(batch)
+        if self._jobs:  # the head has had its turn; emptied jobs leave the round robin
+            self._jobs.rotate(-1)
+        self._jobs = deque(job for job in self._jobs if job.queued)
+        self._metrics.queue_depth.set(self._depth)
+        return batch
 
     async def _run(self, batch: list[_Seq]) -> None:
         loop = asyncio.get_running_loop()
         ids, mask = pad([s.ids for s in batch], self._pad_id)  # (B, T) each
         start = loop.time()
         for seq in batch:
-            self._metrics.queue_wait.observe(start - seq.enqueued)
+            self._metrics.queue_wait.observe(start - seq.job.enqueued)
+            if seq.job.started is None:
+                seq.job.started = start
         try:
             energies = await loop.run_in_executor(self._executor, self._engine.run, ids, mask)
             if energies.shape != ids.shape:
@@ -200,7 +260,10 @@ class Batcher:
                 seq.job.fail(InferenceFailed("inference failed on the batch holding this request"))
             return
         finally:
-            elapsed = loop.time() - start
+            end = loop.time()
+            elapsed = end - start
+            for seq in batch:
+                seq.job.finished = end
             self._metrics.observe_batch(len(batch), int(mask.sum()), padded_cost(
                 [len(s.ids) for s in batch]), elapsed)
         self._failures = 0
@@ -220,4 +283,4 @@ class Batcher:
         """Seconds until the queue has likely drained, from the recent batch throughput."""
         if self._rate <= 0:
             return 1
-        return max(1, min(60, math.ceil(len(self._queue) / self._rate)))
+        return max(1, min(60, math.ceil(self._depth / self._rate)))

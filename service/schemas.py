@@ -84,7 +84,7 @@ def _form(value: Any) -> str | None:
 
 # The tags of the unions below. A discriminator makes pydantic try one member, so a refusal
 # names one problem; errors.py leaves the tags out of the location it shows a client.
-UNION_TAGS = frozenset({"string-form", "object-form", "integer-form"})
+UNION_TAGS = frozenset({"string-form", "object-form", "integer-form", "tei-form", "cohere-form"})
 
 ListId = Annotated[
     Annotated[str, Field(max_length=MAX_ID_CHARS), AfterValidator(_plain), Tag("string-form")]
@@ -94,6 +94,10 @@ ListId = Annotated[
 
 
 class ScoreRequest(_Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"sentences": ["the cat sat on the mat", "the cat sat on the hat"]},
+        {"sentences": ["the children wrote books"], "truncate": True}]})
+
     sentences: list[NonBlank] = Field(min_length=1, description="Texts to score.")
     truncate: bool = Field(
         default=False,
@@ -101,6 +105,9 @@ class ScoreRequest(_Request):
 
 
 class TokenizeRequest(_Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"sentences": ["Café ÜBER the cat"]}]})
+
     sentences: list[Text] = Field(min_length=1)
     truncate: bool = Field(default=False, description="Show the tokens the model would see.")
 
@@ -127,6 +134,13 @@ class HypothesisList(_Request):
 
 class RerankRequest(_Request):
     """Exactly one of ``hypotheses`` (one n-best list) or ``lists`` (several)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"hypotheses": ["i scream for ice cream",
+                        {"text": "eye scream four ice cream", "score": -0.5}]},
+        {"lists": [{"id": "utt-1", "hypotheses": ["the cat sat", "the cat sad", ""]},
+                   {"id": "utt-2", "hypotheses": ["a dog ran", "a dog run"]}],
+         "lm_weight": 0.3, "length_bonus": 0.1, "rank_prior": "log"}]})
 
     hypotheses: list[HypothesisItem] | None = Field(default=None, min_length=1)
     lists: list[HypothesisList] | None = Field(default=None, min_length=1)
@@ -230,6 +244,12 @@ class ModelInfo(BaseModel):
     max_tokens: int
     batching: dict[str, float] = Field(
         description="Batching limits in force (device defaults resolved).")
+    request_limits: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What one request may ask beyond the schema: max_request_tokens (positions "
+                    "with [CLS]/[SEP]; null = no limit) and where it comes from (by default "
+                    "the engine throughput measured at warm-up x half the deadline), "
+                    "max_sentence_chars, positions_per_s. Empty until warmed up.")
     ready: bool
 
 
@@ -246,3 +266,113 @@ class ErrorBody(BaseModel):
     """The one shape of every refusal."""
 
     error: ErrorDetail
+
+
+# -- POST /rerank: the bodies text-embeddings-inference and Cohere clients send ----------------
+
+MAX_TOP_N = 1 << 20
+
+
+def _raw_only(value: bool | None) -> bool | None:
+    if value is False:
+        raise PydanticCustomError(
+            "raw_scores_only", "raw_scores false asks for a probability in [0, 1], which an "
+                               "energy model does not give; scores here are -sum of energies "
+                               "(unbounded, higher is better): send true or leave it out")
+    return value
+
+
+class _CompatRerank(_Request):
+    query: Text = Field(
+        description="Prepended to each text (with a space) as context; only the text's tokens "
+                    'are scored. "" scores each text alone, as /v1/score does.')
+    top_n: int | None = Field(default=None, ge=1, le=MAX_TOP_N,
+                              description="Return only the best top_n results.")
+    truncate: bool = Field(
+        default=False, description="Cut query + text at the model's limit instead of refusing "
+                                   "it (422); the text's tail is what is cut.")
+
+
+class TeiRerankRequest(_CompatRerank):
+    """text-embeddings-inference's form: ``texts``; the answer is a bare list."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"query": "the cat", "texts": ["sat on the mat", "sat on the hat", "mat the on sat"],
+         "return_text": True}]})
+
+    texts: list[Text] = Field(min_length=1, description="The candidates to rank.")
+    return_text: bool = Field(default=False, description="Echo each text in its result.")
+    raw_scores: Annotated[bool | None, AfterValidator(_raw_only)] = Field(
+        default=None, description="Accepted for TEI clients; only true (scores are always raw).")
+
+
+class CohereDocument(_Request):
+    text: Text
+
+
+DocumentItem = Annotated[
+    Annotated[Text, Tag("string-form")] | Annotated[CohereDocument, Tag("object-form")],
+    Discriminator(_form, custom_error_type="document_type",
+                  custom_error_message='a document is a string or an object {"text": ...}')]
+
+
+class CohereRerankRequest(_CompatRerank):
+    """Cohere's form: ``documents``; the answer is ``{"results": [...]}``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"query": "the cat", "documents": ["sat on the mat", {"text": "mat the on sat"}],
+         "top_n": 1, "return_documents": True}]})
+
+    documents: list[DocumentItem] = Field(min_length=1, description="The candidates to rank.")
+    return_documents: bool = Field(default=False,
+                                   description="Echo each document in its result.")
+    model: str | None = Field(default=None, max_length=MAX_ID_CHARS,
+                              description="Accepted for Cohere clients and ignored: the "
+                                          "service serves one model (GET /v1/model).")
+
+    def document_texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+def _compat_form(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "tei-form" if isinstance(value, TeiRerankRequest) else (
+            "cohere-form" if isinstance(value, CohereRerankRequest) else None)
+    if ("texts" in value) == ("documents" in value):
+        return None
+    return "tei-form" if "texts" in value else "cohere-form"
+
+
+CompatRerankRequest = Annotated[
+    Annotated[TeiRerankRequest, Tag("tei-form")]
+    | Annotated[CohereRerankRequest, Tag("cohere-form")],
+    Discriminator(_compat_form, custom_error_type="rerank_form",
+                  custom_error_message="a /rerank body is an object with exactly one of 'texts' "
+                                       "(text-embeddings-inference's form) or 'documents' "
+                                       "(Cohere's)")]
+
+
+class TeiRank(BaseModel):
+    index: int = Field(description="Position in the request's texts.")
+    score: float = Field(description="-sum of the text's token energies given the query; "
+                                     "unbounded, higher is better.")
+    text: str | None = Field(default=None, description="With return_text.")
+
+
+class CohereResultDocument(BaseModel):
+    text: str
+
+
+class CohereResult(BaseModel):
+    index: int = Field(description="Position in the request's documents.")
+    relevance_score: float = Field(
+        description="-sum of the document's token energies given the query: how well it reads "
+                    "after the query, unbounded (not a probability), higher is better.")
+    document: CohereResultDocument | None = Field(default=None,
+                                                  description="With return_documents.")
+
+
+class CohereRerankResponse(BaseModel):
+    id: str = Field(description="The request id (the X-Request-ID response header).")
+    model: str
+    results: list[CohereResult]

@@ -74,8 +74,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=64, ge=1, le=4096)
     """Most sequences in one batch, whatever their length."""
     sort_window: int = Field(default=256, ge=1)
-    """How many of the oldest queued sequences the batcher may reorder by length to cut
-    padding. Larger windows pad less but let a sequence wait behind more batches."""
+    """How many queued sequences the batcher may reorder by length to cut padding: the next
+    ones of each request in turn, so small requests are in the window at once. Larger windows
+    pad less but let a sequence wait behind more batches."""
     max_padding: float | None = Field(default=None, ge=0.0, le=1.0)
     """Largest share of a batch that may be padding; a length outlier waits for the next batch
     instead. Unset: 0.05 on a CPU, where a padded position costs as much as a real one and
@@ -87,6 +88,20 @@ class Settings(BaseSettings):
     """Most sentences one /v1/score or /v1/tokenize request may carry (413 above)."""
     max_hypotheses: int = Field(default=1024, ge=1)
     """Most hypotheses one /v1/rerank request may carry, summed over its lists (413 above)."""
+    max_sentence_chars: int | None = Field(default=None, ge=1)
+    """Longest text, in characters, that is tokenized at all; longer ones get 422, or with
+    ``truncate`` only their beginning is tokenized. Unset: 32 characters per token the model
+    scores (16,320 for 510), far more than real text needs. Tokenizing holds ~600 bytes per
+    token, so this is what keeps one refused request from costing hundreds of MB."""
+    max_request_tokens: int | None = Field(default=None, ge=1)
+    """Most positions (tokens with [CLS] and [SEP]) one request may send to the model (413
+    above). Unset: what the warm-up measured this replica to score in half of
+    ``request_timeout_s``, so that a request that is admitted can be answered in time
+    (/v1/model shows the figure and where it came from)."""
+    tokenize_concurrency: int = Field(default=2, ge=1, le=64)
+    """Large requests tokenized at once, each in a worker thread; the rest wait their turn
+    (within their deadline). Bounds the memory and CPU that tokenizing can take from the
+    engine."""
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     """Largest request body in bytes (413 above); bounds the work a single request can ask."""
     max_concurrent_requests: int = Field(default=512, ge=1)
@@ -96,6 +111,26 @@ class Settings(BaseSettings):
     """Deadline from admission to answer. Work still queued past it is dropped and the client
     gets 504, so an overloaded replica sheds load instead of answering stale requests. A body
     must also arrive within it (408 otherwise), so a stalled client cannot hold a slot."""
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """Time a connection has to send a whole request head, counted from connect (or from the
+    end of the previous response). Past it: 408 if part of a head came, a plain close if
+    nothing did. Cuts idle sockets and slowloris heads; uvicorn's keep-alive timeout only runs
+    between requests."""
+    body_start_timeout_s: float = Field(default=5.0, gt=0, le=3600)
+    """Time from the end of a POST's head to the first byte of its body (408 after), so that
+    a client declaring a body and sending none frees its request slot sooner than
+    ``request_timeout_s``, which bounds the whole body."""
+    max_connections: int | None = Field(default=None, ge=1)
+    """Open connections served normally. Past it an idle connection (nothing sent since
+    connect or since its last answer) is closed to make room; when none is idle, a new
+    connection may still ask /healthz, /readyz or /metrics, and anything else gets 503 with
+    Retry-After. Unset: the open-file limit (``ulimit -n``) less 160 for the process's own
+    files, at most 8192, so that the probes are never refused for want of a descriptor."""
+    max_requests_per_peer: int = Field(default=0, ge=0)
+    """POST requests one client address may have in progress at once (429 past it); 0 is off,
+    the default. Behind a Kubernetes Service, an ingress or any proxy, every request may
+    arrive from one of a few addresses, so set it only where clients reach the pod directly
+    (or where uvicorn is told to trust the proxy's X-Forwarded-For)."""
     drain_timeout_s: float = Field(default=20.0, ge=0, le=3600)
     """On SIGTERM, how long to keep working through admitted requests before exiting. Keep it
     under the pod's terminationGracePeriodSeconds."""

@@ -3,6 +3,11 @@
 Wraps a Hugging Face ``tokenizers`` file. Offsets come from the tokenizer's alignment tracking,
 so they index the ORIGINAL string (before lowercasing and accent stripping). Calls here block
 (they run Rust code over whole batches); the service calls them from a worker thread.
+
+Memory is the limit that matters here: the tokenizer holds about 600 bytes per token while it
+works (one million "!" took 600 MiB), so texts are bounded in characters BEFORE they reach it
+(``max_chars``) and a request is tokenized in chunks of at most ``CHUNK_CHARS`` characters, each
+turned into compact :class:`Encoded` rows before the next starts.
 """
 
 from __future__ import annotations
@@ -16,6 +21,14 @@ from numpy.typing import NDArray
 from tokenizers import Encoding, Tokenizer
 
 from service.errors import InvalidInput
+
+# Characters tokenized in one call; at ~600 bytes per token at worst (one token per character)
+# a chunk holds ~40 MiB at its peak, whatever the size of the request.
+CHUNK_CHARS = 1 << 16
+# Default ``max_chars`` per scored token the model takes. English averages 4-5 characters per
+# WordPiece token, so a text this long has far more tokens than the model scores unless it is
+# mostly spaces or 100-letter words.
+CHARS_PER_TOKEN = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +71,26 @@ class TooLong(InvalidInput):
             'send "truncate": true to cut it')
 
 
+class TooManyChars(TooLong):
+    """A text has more characters than are ever tokenized; refused before tokenizing."""
+
+    def __init__(self, index: int, chars: int, max_chars: int, field: str = "sentences"):
+        self.index, self.chars, self.max_chars = index, chars, max_chars
+        InvalidInput.__init__(self, self._message(f"{field}[{index}]"))
+
+    def _message(self, where: str) -> str:
+        return (f"{where} has {self.chars} characters; at most {self.max_chars} are tokenized, "
+                'far more than the model scores. Send "truncate": true to score its beginning')
+
+    def at(self, where: str) -> InvalidInput:
+        return InvalidInput(self._message(where))
+
+
 class SentenceTokenizer:
-    def __init__(self, tokenizer: Tokenizer, max_length: int):
-        """``max_length``: the model's max_positions, special tokens included."""
+    def __init__(self, tokenizer: Tokenizer, max_length: int, max_chars: int | None = None):
+        """``max_length``: the model's max_positions, special tokens included. ``max_chars``:
+        longest text tokenized (default ``CHARS_PER_TOKEN`` per scored token); a longer one is
+        refused, or with ``truncate`` cut to its first ``max_chars`` characters first."""
         tokenizer.no_padding()
         tokenizer.no_truncation()
         # A client's literal "[SEP]" or "[PAD]" is text, not a control token: split it like any
@@ -71,10 +101,14 @@ class SentenceTokenizer:
         self._n_special = tokenizer.num_special_tokens_to_add(False)
         if max_length <= self._n_special:
             raise ValueError(f"max_length {max_length} leaves no room beside the special tokens")
+        self.max_chars = max_chars or CHARS_PER_TOKEN * self.max_tokens
+        if self.max_chars < 1:
+            raise ValueError(f"max_chars {self.max_chars} is not positive")
 
     @classmethod
-    def from_file(cls, path: Path, max_length: int) -> SentenceTokenizer:
-        return cls(Tokenizer.from_file(str(path)), max_length)
+    def from_file(cls, path: Path, max_length: int,
+                  max_chars: int | None = None) -> SentenceTokenizer:
+        return cls(Tokenizer.from_file(str(path)), max_length, max_chars)
 
     @property
     def max_tokens(self) -> int:
@@ -83,17 +117,38 @@ class SentenceTokenizer:
 
     def encode(self, texts: Sequence[str], truncate: bool,
                field: str = "sentences") -> list[Encoded]:
-        """Encode a batch; over-long texts are cut when ``truncate`` else raise :class:`TooLong`."""
-        encodings = self._tok.encode_batch(list(texts), add_special_tokens=True)
-        out = []
-        for i, enc in enumerate(encodings):
-            truncated = len(enc.ids) > self.max_length
-            if truncated:
-                if not truncate:
-                    raise TooLong(i, len(enc.ids) - self._n_special, self.max_tokens, field)
-                enc = self._truncated(texts[i])
-            out.append(self._encoded(enc, truncated))
+        """Encode a batch; over-long texts are cut when ``truncate`` else raise :class:`TooLong`
+        (too many tokens) or :class:`TooManyChars` (too many characters to tokenize at all)."""
+        bounded = [self._bounded(text, i, truncate, field) for i, text in enumerate(texts)]
+        out: list[Encoded] = []
+        for start, stop in _chunks([len(t) for t in bounded], CHUNK_CHARS):
+            encodings = self._tok.encode_batch(bounded[start:stop], add_special_tokens=True)
+            for i, enc in enumerate(encodings, start):
+                cut = len(bounded[i]) < len(texts[i])
+                truncated = len(enc.ids) > self.max_length
+                if truncated:
+                    if not truncate:
+                        raise TooLong(i, len(enc.ids) - self._n_special, self.max_tokens, field)
+                    enc = self._truncated(bounded[i])
+                out.append(self._encoded(enc, truncated or cut))
+            del encodings  # the chunk's tokenizer memory goes before the next one is made
         return out
+
+    def _bounded(self, text: str, index: int, truncate: bool, field: str) -> str:
+        """``text`` if it is at most ``max_chars`` long, else its cut beginning or a refusal.
+
+        The cut falls on whitespace where there is some, so the last word is whole: the
+        tokenizer splits on whitespace first, so the cut text's tokens are then the first
+        tokens of the whole text, and truncating either gives the same tokens whenever the
+        first ``max_chars`` characters hold more tokens than the model scores.
+        """
+        if len(text) <= self.max_chars:
+            return text
+        if not truncate:
+            raise TooManyChars(index, len(text), self.max_chars, field)
+        head = text[:self.max_chars]
+        space = max(head.rfind(" "), head.rfind("\n"), head.rfind("\t"))
+        return head[:space] if space > 0 else head
 
     def _truncated(self, text: str) -> Encoding:
         bare = self._tok.encode(text, add_special_tokens=False)
@@ -112,3 +167,17 @@ class SentenceTokenizer:
             offsets=[offsets[j] for j in keep],
             truncated=truncated,
         )
+
+
+def _chunks(sizes: Sequence[int], budget: int) -> list[tuple[int, int]]:
+    """[start, stop) runs of consecutive items whose sizes sum to at most ``budget``; an item
+    larger than the budget is a run of its own."""
+    runs, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and total + size > budget:
+            runs.append((start, i))
+            start, total = i, 0
+        total += size
+    if start < len(sizes):
+        runs.append((start, len(sizes)))
+    return runs

@@ -8,6 +8,7 @@ grid, and saves the choice where the other commands read it:
   the artifact that scored), which ``electric serve`` and in-process ``electric rerank`` use as
   their defaults; the fit's figures go under ``evaluation.rerank_tuning``.
 - ``--out PATH``: a JSON file for ``electric rerank --weights PATH``.
+- ``--plot PATH``: the grid as a heat map (PNG), the chosen point marked; needs matplotlib.
 
 Both record the rank prior the weights were fitted with, so a later rerank applies the same.
 The prior to fit with is ``--rank-prior``, else the manifest's (as ``electric rerank`` and
@@ -84,6 +85,58 @@ def format_grid(fit: TuningResult, max_columns: int = TABLE_COLUMNS) -> str:
             cells.append(f"{text + ('*' if (a, c) == (a_best, b_best) else ''):>9}")
         lines.append(" ".join([f"{lm:>10.4g}"] + cells))
     return "\n".join(lines)
+
+
+PLOT_TICKS = 8
+"""Tick labels per axis of the --plot heat map (the grid has up to 42 x 41 points)."""
+
+
+def require_matplotlib() -> None:
+    """Fail before the scoring, not after it, where matplotlib is missing: main() turns the
+    ModuleNotFoundError into the one-line install hint (service/cli.py EXTRAS)."""
+    import matplotlib  # noqa: F401
+
+
+def plot_grid(fit: TuningResult, path: Path) -> None:
+    """The grid as a heat map PNG: the metric at every (lm_weight, column) point, the best
+    colour the best value whichever way the metric points, the chosen point marked.
+
+    Only matplotlib's Agg canvas, imported here: no display, no pyplot state, and a serving
+    install without matplotlib runs every other command.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    grid, values = fit.grid, np.asarray(fit.values, dtype=np.float64)
+    a_best, b_best = fit.best
+    percent = fit.metric == "wer"
+    shown = values * 100 if percent else values
+    fig = Figure(figsize=(8.0, 6.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    # Rows and columns by index: lm_weight is 0 then log-spaced, so real axes would squash it.
+    image = ax.imshow(shown, origin="lower", aspect="auto", interpolation="nearest",
+                      cmap="viridis" if metric_named(fit.metric).higher_is_better
+                      else "viridis_r")
+    unit = " (%)" if percent else ""
+    fig.colorbar(image, ax=ax, label=f"{fit.metric.upper()}{unit}")
+    for axis, labels, set_ticks, set_labels in (
+            ("rows", grid.lm_weights, ax.set_yticks, ax.set_yticklabels),
+            ("columns", grid.columns, ax.set_xticks, ax.set_xticklabels)):
+        ticks = sorted(set(np.linspace(0, len(labels) - 1, min(len(labels), PLOT_TICKS))
+                           .round().astype(int).tolist()))
+        set_ticks(ticks)
+        set_labels([f"{labels[t]:.3g}" for t in ticks])
+    ax.set_ylabel("lm_weight")
+    ax.set_xlabel(grid.column_name)
+    ax.scatter([b_best], [a_best], marker="x", s=120, linewidths=2.5, color="red",
+               label=(f"chosen: lm_weight {fit.weights.lm_weight:.4g}, length_bonus "
+                      f"{fit.weights.length_bonus:.4g}: {format_value(fit.metric, fit.value)}"))
+    ax.legend(loc="upper right", fontsize="small")
+    ax.set_title(f"{fit.metric.upper()} over the weight grid ({fit.lists:,} lists; base scores "
+                 f"alone {format_value(fit.metric, fit.baseline)}, oracle "
+                 f"{format_value(fit.metric, fit.oracle)})", fontsize="medium")
+    fig.savefig(path, format="png")
 
 
 def _grid(args: argparse.Namespace) -> AnyGrid | None:
@@ -167,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("with --url, --write-artifact needs the artifact folder to write")
     metric = metric_named(args.metric)
     grid = _grid(args)
+    if args.plot:
+        require_matplotlib()
     doc = load_document(args)
     scorer = open_scorer(args)
     try:
@@ -196,6 +251,9 @@ def run(args: argparse.Namespace) -> int:
         print(_figures(fit.metric, fit.baseline, fit.value, fit.oracle))
     print(f"chosen: lm_weight {fit.weights.lm_weight:.6g}, "
           f"length_bonus {fit.weights.length_bonus:.6g}")
+    if args.plot:  # before any refusal below: the picture helps to see why
+        plot_grid(fit, args.plot)
+        print(f"wrote {args.plot} (the grid as a heat map)")
     writes = bool(args.out) or args.write_artifact is not None
     if not electric_matters(fitted_on, fit.weights) and not args.allow_zero_lm_weight:
         off = (f"lm_weight {fit.weights.lm_weight:.6g} switches Electric off: every list picks "
@@ -233,6 +291,9 @@ def register(sub: Any) -> None:
                    help="write weights even when they switch Electric off (lm_weight 0, or "
                         "no list's choice changes)")
     p.add_argument("--out", type=Path, help="write the chosen weights and figures as JSON")
+    p.add_argument("--plot", type=Path, metavar="PATH",
+                   help="draw the grid as a heat map PNG, the chosen point marked (needs "
+                        "matplotlib)")
     p.add_argument("--write-artifact", nargs="?", const="", default=None, metavar="DIR",
                    help="write the weights into DIR/electric.json's rerank section (no DIR: "
                         "the artifact that scored)")

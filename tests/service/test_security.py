@@ -145,7 +145,7 @@ def test_access_log_is_json_lines_without_bodies_or_secrets(
         ("POST", "/v1/score", 200), ("POST", "/v1/score", 401), ("POST", "/v1/score", 422),
         ("GET", "/healthz", 200)]
     assert set(lines[0]) == {"time", "client", "method", "path", "status", "duration_ms",
-                             "request_bytes", "response_bytes"}
+                             "request_bytes", "response_bytes", "request_id"}
     assert lines[0]["request_bytes"] > len(private) and lines[0]["response_bytes"] > 0
     # Everything the server side logged (httpx, the test's client, logs its own URLs).
     everything = "\n".join(r.getMessage() for r in caplog.records
