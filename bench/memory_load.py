@@ -34,7 +34,11 @@ import httpx
 from bench import server as bench_server
 from bench.server import Server, proc_status
 
-WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "they", "you", "were", "her", "she", "there", "been", "one", "all", "we", "their", "has", "would", "when", "if", "so", "no", "will", "more", "said", "what", "up", "its", "about", "into", "than", "them", "can", "only", "other"]
+WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with",
+         "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but",
+         "have", "an", "they", "you", "were", "her", "she", "there", "been", "one", "all", "we",
+         "their", "has", "would", "when", "if", "so", "no", "will", "more", "said", "what", "up",
+         "its", "about", "into", "than", "them", "can", "only", "other"]
 
 
 class RssSampler:
@@ -96,7 +100,8 @@ def scenario(srv: Server, name: str, run: Callable[[], dict[str, Any]]) -> dict[
     after = proc_status(srv.pid, "VmRSS") / 1024
     return {"scenario": name, "wall_s": round(wall, 2), "rss_before_mib": round(before),
             "rss_peak_mib": round(max(sampler.samples, default=before)),
-            "rss_after_mib": round(after), **out}
+            "rss_after_mib": round(after), **out,
+            "rss_mib": [round(x, 1) for x in sampler.samples]}
 
 
 def bang(url: str) -> dict[str, Any]:
@@ -177,7 +182,11 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=bench_server.ROOT,
                         help="the tree whose service to start (for a before/after)")
     parser.add_argument("--mixed-s", type=float, default=60.0)
-    parser.add_argument("--only", nargs="*", default=["bang", "spaces", "valid_large", "largest", "mixed"])
+    parser.add_argument("--only", nargs="*",
+                        default=["bang", "spaces", "valid_large", "largest", "mixed"])
+    parser.add_argument("--samples", type=Path,
+                        help="also write the figures and every scenario's RSS samples (MiB, 50 ms "
+                             "apart) here, e.g. bench/results/memory-after.json")
     args = parser.parse_args()
     bench_server.ROOT = args.root.resolve()
     artifact = (Path(__file__).resolve().parent.parent / "models" / "electric-minilm")
@@ -187,9 +196,15 @@ def main() -> None:
     with Server({"artifact": artifact}) as srv:
         print(json.dumps({"root": str(args.root), "ready_s": round(srv.ready_s, 1),
                           "rss_ready_mib": round(proc_status(srv.pid, "VmRSS") / 1024)}))
+        curves, summaries = {}, []
         for name in args.only:
             result = scenario(srv, name, lambda run=runs[name]: run(srv.url))
+            curves[name] = result.pop("rss_mib")
+            summaries.append(result)
             print(json.dumps(result), flush=True)
+    if args.samples:  # bench/results/memory-{before,after}.json feed `electric bench plot`
+        args.samples.write_text(json.dumps({"root": str(args.root), "interval_s": 0.05,
+                                            "scenarios": summaries, "rss_mib": curves}))
 
 
 if __name__ == "__main__":

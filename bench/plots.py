@@ -69,4 +69,22 @@ def plot_all(results: Path, out: Path) -> list[Path]:
         written.append(out / "service.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
+    memory = [(label, _load(results, f"memory-{label}")) for label in ("before", "after")]
+    if all(data for _, data in memory):
+        names = list(memory[0][1]["rss_mib"])  # type: ignore[index]
+        fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 3.0), sharey=True)
+        for ax, name in zip(axes, names, strict=True):
+            for label, data in memory:
+                curve = data["rss_mib"].get(name, [])  # type: ignore[index]
+                step = data["interval_s"]  # type: ignore[index]
+                ax.plot([i * step for i in range(len(curve))], curve, label=label)
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("s")
+        axes[0].set_ylabel("server RSS, MiB")
+        axes[-1].legend(fontsize=7)
+        fig.suptitle("Resident memory during bench/memory_load.py, before and after #15")
+        fig.tight_layout()
+        written.append(out / "rss.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
     return written

@@ -3,12 +3,13 @@
 A transformer batch costs about ``n_seqs × max_len`` (every row is padded to the longest), so
 the budget is on that padded cost, not on the real token count. Within a bounded window of queued
 sequences, length order cuts padding; every batch holds the window's first sequence, its anchor
-(service/batcher.py puts the next request in a round robin there), so nothing waits forever.
+(service/batcher.py puts there the request to serve next), so nothing waits forever.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ class BatchLimits:
     max_batch_size: int
     """Most sequences in a batch."""
     sort_window: int
-    """How many queued sequences (the requests' next ones, taken in turn) may be reordered."""
+    """How many queued sequences (the next requests' first ones) may be reordered."""
     max_padding: float = 1.0
     """Largest share of a batch's padded cost that may be padding; 1 means no limit."""
 
@@ -98,6 +99,35 @@ def next_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
         real += lengths[best[1]]
         n += 1
     return sorted(order[lo:hi + 1])
+
+
+def drain(lengths: Sequence[int], limits: BatchLimits) -> Iterator[list[int]]:
+    """Every index of ``lengths`` once, batch by batch (each ascending): what :func:`next_batch`
+    takes from a queue that holds them all in this order and gets nothing new meanwhile."""
+    queue = deque(range(len(lengths)))
+    while queue:
+        # next_batch reads only the window, so only the window leaves the queue each time.
+        head = [queue.popleft() for _ in range(min(limits.sort_window, len(queue)))]
+        picked = next_batch([lengths[i] for i in head], limits)
+        yield [head[p] for p in picked]
+        taken = set(picked)
+        queue.extendleft(reversed([q for k, q in enumerate(head) if k not in taken]))
+
+
+def length_batches(lengths: Sequence[int], max_tokens: int,
+                   max_rows: int) -> Iterator[list[int]]:
+    """Indices in runs of the length order (ties by index), each run as long as ``max_rows``
+    rows and the padded cost ``rows × longest <= max_tokens`` allow; a sequence longer than the
+    budget runs alone.
+
+    This is :func:`drain` over the sorted lengths with no padding cap: the anchor is the shortest
+    sequence left, so each batch can only grow towards the longer ones, in order.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)  # stable
+    limits = BatchLimits(max_batch_tokens=max_tokens, max_batch_size=max_rows,
+                         sort_window=max_rows)
+    for batch in drain([lengths[i] for i in order], limits):
+        yield [order[p] for p in batch]
 
 
 def pad(seqs: Sequence[NDArray[np.int64]],

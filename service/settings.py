@@ -74,9 +74,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=64, ge=1, le=4096)
     """Most sequences in one batch, whatever their length."""
     sort_window: int = Field(default=256, ge=1)
-    """How many queued sequences the batcher may reorder by length to cut padding: the next
-    ones of each request in turn, so small requests are in the window at once. Larger windows
-    pad less but let a sequence wait behind more batches."""
+    """How many queued sequences the batcher may reorder by length to cut padding, taken from
+    the requests in the order they are served (least work left first; see service/batcher.py).
+    Larger windows pad less but let a sequence wait behind more batches."""
     max_padding: float | None = Field(default=None, ge=0.0, le=1.0)
     """Largest share of a batch that may be padding; a length outlier waits for the next batch
     instead. Unset: 0.05 on a CPU, where a padded position costs as much as a real one and

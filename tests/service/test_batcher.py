@@ -178,8 +178,8 @@ def test_close_fails_queued_work_and_refuses_more() -> None:
 
 
 def test_a_small_request_is_not_stuck_behind_a_large_one() -> None:
-    """Round robin between requests: the small request queued after a 40-sequence one runs in
-    the very next batch, and the large one still gets every row back in order."""
+    """The small request queued after a 40-sequence one runs in the very next batch, and the
+    large one still gets every row back in order."""
     async def scenario() -> None:
         engine = FakeEngine(gated=True)
         batcher = Batcher(engine, BatchLimits(16, 4, 64), pad_id=0, max_queue=64,
@@ -196,7 +196,7 @@ def test_a_small_request_is_not_stuck_behind_a_large_one() -> None:
         small.add_done_callback(lambda _: left_when_small_done.append(batcher.depth))
         engine.gate.set()
         assert same_rows(await small, [seq(50, 51)])
-        # First in, first out would have run all 40 first (0 left); the round robin put the
+        # First in, first out would have run all 40 first (0 left); least work first put the
         # small request into the first batch after the opener; a few more batches of the large
         # one may start before its answer is seen, but nowhere near all ten.
         assert left_when_small_done[0] >= 20
@@ -208,7 +208,7 @@ def test_a_small_request_is_not_stuck_behind_a_large_one() -> None:
     asyncio.run(scenario())
 
 
-def test_batches_interleave_requests_sequence_by_sequence() -> None:
+def test_least_work_goes_first_until_a_request_has_waited_half_its_deadline() -> None:
     async def scenario() -> None:
         engine = FakeEngine(gated=True)
         batcher = Batcher(engine, BatchLimits(1024, 2, 64), pad_id=0, max_queue=64,
@@ -216,18 +216,25 @@ def test_batches_interleave_requests_sequence_by_sequence() -> None:
         batcher.start()
         opener = asyncio.ensure_future(batcher.score([seq(9)], 5))
         await asyncio.to_thread(engine.entered.wait, 5)
-        a = asyncio.ensure_future(batcher.score([seq(10), seq(11), seq(12)], 5))
-        b = asyncio.ensure_future(batcher.score([seq(20), seq(21), seq(22)], 5))
+        big = asyncio.ensure_future(batcher.score([seq(10), seq(11), seq(12)], 0.4))
         await asyncio.sleep(0)
-        first = batcher._take_batch()  # what the loop takes next, taken by hand while gated
-        assert [int(s.ids[1]) for s in first] == [10, 20]
-        second = batcher._take_batch()  # b anchors this one: its turn came
-        assert sorted(int(s.ids[1]) for s in second) == [11, 21]
+        small = asyncio.ensure_future(batcher.score([seq(20)], 5))
+        equal = asyncio.ensure_future(batcher.score([seq(30)], 5))
+        await asyncio.sleep(0)
+        # What the loop takes next, taken by hand while the engine is held: the two one-sequence
+        # requests (in arrival order) before the three-sequence one that came first.
+        first = batcher._take_batch()
+        assert [int(s.ids[1]) for s in first] == [20, 30]
+        await asyncio.sleep(0.25)  # past half of big's 0.4 s deadline: it is aged
+        late = asyncio.ensure_future(batcher.score([seq(40)], 5))
+        await asyncio.sleep(0)
+        second = batcher._take_batch()
+        assert [int(s.ids[1]) for s in second] == [10, 11], "the aged request goes first"
         assert batcher.depth == 2
         for s in first + second:  # hand the rows back as the loop would
             s.job.deliver(s.slot, np.asarray(expected(s.ids), dtype=np.float32))
         engine.gate.set()
-        await asyncio.gather(opener, a, b)
+        await asyncio.gather(opener, big, small, equal, late)
         await batcher.close()
 
     asyncio.run(scenario())

@@ -8,6 +8,8 @@
 // deficiencies, each bin with the text colour that keeps WCAG AA contrast. Classes rather than
 // computed colours keep the page free of inline styles (the CSP forbids them).
 
+import { element } from "./dom.js";
+
 export const BINS = 9;
 
 export function energyRange(results) {
@@ -32,13 +34,6 @@ export function binOf(energy, range) {
 
 export function formatNumber(x, digits = 4) {
   return Number(x).toFixed(digits);
-}
-
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
 }
 
 function tokenCell(token, piece, energy, sentence) {

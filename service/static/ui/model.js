@@ -1,18 +1,16 @@
 // The model panel: whatever GET /v1/model returns, as nested definition lists.
 //
 // Only ModelInfo's own fields are known (manifest, variant, provider, providers, max_tokens,
-// batching, ready); the manifest is the artifact's and holds whatever its exporter wrote, so
-// it is shown key by key rather than picked apart.
+// batching, request_limits, ready); the manifest is the artifact's and holds whatever its
+// exporter wrote, so it is shown key by key rather than picked apart.
+
+import { element } from "./dom.js";
 
 const MAX_DEPTH = 6;
-const FIRST = ["variant", "provider", "providers", "max_tokens", "ready", "batching"];
+const FIRST = ["variant", "provider", "providers", "max_tokens", "ready", "batching",
+               "request_limits"];
 
-function text(tag, value, className) {
-  const node = document.createElement(tag);
-  node.textContent = value;
-  if (className) node.className = className;
-  return node;
-}
+const text = (tag, value, className) => element(tag, className, value);
 
 function scalar(value) {
   if (value === null) return text("span", "none", "muted");

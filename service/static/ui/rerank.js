@@ -5,6 +5,7 @@
 // at least. "Before" is each list's choice by base score alone (the first on ties), as
 // `electric rerank` reports it; "after" is the top of the re-ranked list.
 
+import { element } from "./dom.js";
 import { formatNumber } from "./heat.js";
 import { wordErrors } from "./wer.js";
 
@@ -26,12 +27,7 @@ export function rerankRequest(lists, weights) {
   return body;
 }
 
-function cell(tag, value, className) {
-  const node = document.createElement(tag);
-  node.textContent = value;
-  if (className) node.className = className;
-  return node;
-}
+const cell = (tag, value, className) => element(tag, className, value);
 
 function baseChoice(byIndex) {
   let best = 0;
