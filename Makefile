@@ -45,7 +45,7 @@ test: $(VENV)/.dev-installed
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check service model_export tests bench
-	$(BIN)/mypy service
+	$(BIN)/mypy service model_export
 
 # Re-compile every lock from pyproject.toml (build.txt: from build.in alone) with uv (pinned in the dev extra), then run the tests
 # on the result. test.txt first; the others are constrained to its versions, so a package has one

@@ -17,7 +17,6 @@ read for what they are.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import os
 import random
 import time
@@ -27,6 +26,7 @@ from typing import Any
 from bench.machine import describe
 from bench.server import RawClient, Server, cpu_seconds, score
 from bench.timing import percentiles
+from model_export.corpus import read_lines
 
 CORPUS = Path(os.environ.get("ELECTRIC_BENCH_CORPUS",
                              Path(__file__).resolve().parents[2] / "shared/corpora/brown.txt.gz"))
@@ -50,8 +50,8 @@ def load_sentences(n: int, words: int, seed: int = 0) -> list[str]:
     """``n`` sentences of about ``words`` words: from the Brown corpus when present."""
     rng = random.Random(seed)
     if CORPUS.is_file():
-        with gzip.open(CORPUS, "rt", encoding="utf-8") as f:
-            lines = [ln.strip() for ln in f if words // 2 <= len(ln.split()) <= words * 2]
+        lines = [ln.strip() for ln in read_lines([CORPUS])
+                 if words // 2 <= len(ln.split()) <= words * 2]
         if len(lines) >= n:
             return rng.sample(lines, n)
     return [" ".join(rng.choice(FILLER) for _ in range(max(1, int(rng.gauss(words, words / 3)))))
@@ -60,28 +60,20 @@ def load_sentences(n: int, words: int, seed: int = 0) -> list[str]:
 
 def bench_engine(artifact: Path, variant: str, threads: int, sentences: list[str],
                  repeats: int = 2) -> dict[str, Any]:
-    """The bare engine on the batches the service's policy forms with everything queued."""
-    from service.artifact import load_manifest
-    from service.batching import next_batch, pad, resolve_limits
-    from service.engine import CUDA, OnnxEngine
+    """The bare engine on the batches the service's policy forms with everything queued:
+    the CLI's in-process scorer, with the service's settings, timed at ``engine.run`` alone."""
+    from service.batching import resolve_limits
+    from service.engine import CUDA
+    from service.scorers import InProcessScorer
     from service.settings import Settings
-    from service.tokenization import SentenceTokenizer
 
     settings = Settings()
-    manifest = load_manifest(artifact)
-    tok = SentenceTokenizer.from_file(artifact / manifest.tokenizer.file,
-                                      manifest.architecture.max_positions)
-    engine = OnnxEngine.load(artifact, manifest, variant, threads)  # type: ignore[arg-type]
-    encoded = tok.encode(sentences, truncate=True)
+    scorer = InProcessScorer(artifact, variant, threads)  # type: ignore[arg-type]
+    engine = scorer.engine
+    encoded = scorer.tokenizer.encode(sentences, truncate=True)
     limits = resolve_limits(engine.providers[0] == CUDA, settings.max_batch_tokens,
                             settings.max_batch_size, settings.sort_window, settings.max_padding)
-    queue = list(range(len(encoded)))
-    padded = []
-    while queue:
-        picked = set(next_batch([encoded[i].length for i in queue], limits))
-        padded.append(pad([encoded[queue[i]].ids for i in sorted(picked)],
-                          manifest.tokenizer.pad_id))
-        queue = [q for i, q in enumerate(queue) if i not in picked]
+    padded = [scorer.padded(encoded, batch) for batch in scorer.batches(encoded, limits)]
     for ids, mask in padded[:3]:
         engine.run(ids, mask)
     best, cpu = float("inf"), float("inf")

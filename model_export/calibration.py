@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from model_export.kneser_ney import read_lines
+from model_export.corpus import read_lines
 from service.artifact import INPUT_NAMES
+from service.batching import pad
 
 DEFAULT_SENTENCES = 512
 """Calibration sentences drawn from the given files: ~12k tokens, enough for stable plans."""
@@ -84,18 +85,10 @@ def encode_batches(tokenizer_path: Path, sentences: Sequence[str], *, max_length
     tok = Tokenizer.from_file(str(tokenizer_path))
     tok.no_padding()
     tok.enable_truncation(max_length)
-    pad = tok.token_to_id("[PAD]") or 0
-    batches = []
-    for i in range(0, len(sentences), batch_size):
-        encodings = tok.encode_batch(list(sentences[i:i + batch_size]))
-        T = max(len(e.ids) for e in encodings)
-        ids = np.full((len(encodings), T), pad, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for row, e in enumerate(encodings):
-            ids[row, :len(e.ids)] = e.ids
-            mask[row, :len(e.ids)] = 1
-        batches.append((ids, mask))
-    return batches
+    pad_id = tok.token_to_id("[PAD]") or 0
+    return [pad([np.asarray(e.ids, dtype=np.int64)
+                 for e in tok.encode_batch(list(sentences[i:i + batch_size]))], pad_id)
+            for i in range(0, len(sentences), batch_size)]
 
 
 @dataclass

@@ -12,7 +12,10 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.artifact import VariantName
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -38,7 +41,7 @@ def _variants(text: str) -> tuple[str, ...]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model_export.presets import preset
+    from model_export.config import preset
     from model_export.train import train
 
     cfg = preset(args.preset, **_parse_overrides(args.set))
@@ -55,13 +58,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_shard(args: argparse.Namespace) -> int:
-    from model_export.presets import preset
+    from model_export.config import preset
     from model_export.shard import build_shard, shard_paths
 
     cfg = preset(args.preset, **_parse_overrides(args.set))
     tokenizer = args.tokenizer and Path(args.tokenizer)
     if not tokenizer:
-        from model_export.presets import MINILM
+        from model_export.config import MINILM
         from model_export.warmstart import resolve_warm_start
 
         warm = resolve_warm_start(cfg.warm_start or MINILM)
@@ -83,7 +86,7 @@ def _train_tokenizer(given: str | None, warm_start: str, run_dir: Path) -> Path 
     """--tokenizer; else the run's own copy (a resumed run); else the warm start's or init_from
     run's (None lets train() find it); else, for presets trained from scratch, the bundled
     MiniLM WordPiece."""
-    from model_export.presets import MINILM
+    from model_export.config import MINILM
     from model_export.warmstart import resolve_warm_start
 
     if given:
@@ -112,9 +115,9 @@ def _int8_options(args: argparse.Namespace, default_calibration: list[str] | Non
 
 
 def _export_checkpoint(checkpoint: Path, out: Path, name: str | None,
-                       variants: tuple[str, ...], int8: dict[str, Any]) -> None:
+                       variants: tuple[VariantName, ...], int8: dict[str, Any]) -> None:
+    from model_export.checkpoint import load_checkpoint_model
     from model_export.export import export_artifact
-    from model_export.verify import load_checkpoint_model
 
     model, cfg, facts = load_checkpoint_model(checkpoint)
     if not facts.get("tokenizer_path"):
@@ -140,7 +143,7 @@ def _device(args: argparse.Namespace) -> int:
     if args.action == "warm-start":
         import torch
 
-        from model_export.presets import MINILM
+        from model_export.config import MINILM
         from model_export.warmstart import resolve_warm_start
 
         source = resolve_warm_start(args.warm_start or MINILM)
@@ -246,7 +249,8 @@ def _verify(args: argparse.Namespace) -> int:
     folder = Path(args.artifact)
     try:
         if args.checkpoint:
-            from model_export.verify import load_checkpoint_model, verify_artifact
+            from model_export.checkpoint import load_checkpoint_model
+            from model_export.verify import verify_artifact
 
             sentences = None
             if args.sentences:

@@ -20,9 +20,7 @@ re-ranking; docs/TRAINING.md.)
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import re
 import unicodedata
@@ -33,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer
+
+from model_export.corpus import read_documents
 
 # Bump when the cache layout or the tokenization rules change, so old caches are rebuilt.
 CACHE_FORMAT = 2
@@ -61,22 +61,6 @@ def load_tokenizer(path: Path) -> Tokenizer:
     tokenizer.no_padding()
     tokenizer.no_truncation()
     return tokenizer
-
-
-def read_documents(path: Path) -> Iterator[list[str]]:
-    """Yield each document of a corpus file as its list of non-blank lines."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8") as text:
-        lines: list[str] = []
-        for line in text:
-            line = line.strip()
-            if line:
-                lines.append(line)
-            elif lines:
-                yield lines
-                lines = []
-        if lines:
-            yield lines
 
 
 def _hash_fraction(lines: list[str], salt: bytes) -> float:

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from model_export.cli import _parse_overrides
+from model_export.config import TrainConfig, preset
 from model_export.device_pieces import join_pieces, split_run
-from model_export.presets import TrainConfig, preset
 from model_export.train import train
 
 # The share of the budget the sized run's steps may fill: evaluations, checkpoints and the

@@ -70,9 +70,9 @@ def _build_scorers(args: argparse.Namespace, folder: Path, eval_dir: Path,
 
 def _checkpoint_noise(checkpoint: Path) -> dict[str, Scorer]:
     """The noise model a training run used, as a one-pass PLL scorer."""
+    from model_export.checkpoint import load_checkpoint_model
     from model_export.ngram import NgramCloze
     from model_export.scorers import NgramPLLScorer, NoisePLLScorer, has_noise_weights
-    from model_export.verify import load_checkpoint_model
 
     model, cfg, facts = load_checkpoint_model(checkpoint)
     side = checkpoint.parent / "config.json"
@@ -118,13 +118,14 @@ def _eval(args: argparse.Namespace) -> int:
     if args.update_manifest:
         main = next(iter(results["scorers"]))
         manifest = load_manifest(folder)
-        update: dict[str, Any] = {"evaluation": manifest_summary(results, main)}
+        evaluation = manifest_summary(results, main)
         asr = results["scorers"][main].get("asr")
         if asr:
-            update["rerank"] = manifest.rerank.model_copy(
-                update={"lm_weight": asr["lm_weight"], "length_bonus": asr["length_bonus"],
-                        "rank_prior": asr["rank_prior"]})
-        write_manifest(folder, manifest.model_copy(update=update))
+            manifest = manifest.with_rerank(asr["lm_weight"], asr["length_bonus"],
+                                            asr["rank_prior"], evaluation)
+        else:
+            manifest = manifest.model_copy(update={"evaluation": evaluation})
+        write_manifest(folder, manifest)
         print(f"\nwrote the figures of {main!r} and its tuned weights into {folder}/electric.json")
     return 0
 

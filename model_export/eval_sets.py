@@ -40,7 +40,10 @@ HUMAN_REFERENCE = re.compile(r"^(human|ref)([-_]?[a-z0-9])?$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
-class NbestList:
+class AsrList:
+    """One ASR dev-set n-best list with its reference (the re-ranking CLI's lists, which may
+    lack one and carry scores and line numbers, are service/nbest's ``NbestList``)."""
+
     id: str
     reference: str
     hypotheses: tuple[str, ...]
@@ -119,9 +122,9 @@ def _field(record: dict[str, Any], key: str, path: Path) -> Any:
     return record[key]
 
 
-def read_asr(path: Path) -> list[NbestList]:
-    return [NbestList(id=str(_field(r, "id", path)), reference=str(_field(r, "reference", path)),
-                      hypotheses=tuple(str(h) for h in _field(r, "hypotheses", path)))
+def read_asr(path: Path) -> list[AsrList]:
+    return [AsrList(id=str(_field(r, "id", path)), reference=str(_field(r, "reference", path)),
+                    hypotheses=tuple(str(h) for h in _field(r, "hypotheses", path)))
             for r in _records(path)]
 
 
@@ -155,7 +158,7 @@ def in_tuning_half(item_id: str) -> bool:
     return int.from_bytes(digest, "big") < 2**63
 
 
-def split_by_id(lists: Sequence[NbestList]) -> tuple[list[NbestList], list[NbestList]]:
+def split_by_id(lists: Sequence[AsrList]) -> tuple[list[AsrList], list[AsrList]]:
     """(tuning half, reporting half), each in file order."""
     tune = [lst for lst in lists if in_tuning_half(lst.id)]
     report = [lst for lst in lists if not in_tuning_half(lst.id)]

@@ -41,9 +41,9 @@ from model_export.eval_sets import (
     ASR_FILE,
     MT_FILE,
     ZORRO_FILE,
+    AsrList,
     MinimalPair,
     MtSegment,
-    NbestList,
     in_tuning_half,
     is_human_reference,
     read_asr,
@@ -52,41 +52,44 @@ from model_export.eval_sets import (
     sample_pairs,
 )
 from model_export.scorers import CachedScorer, Scorer
+from service.artifact import RankPrior
 from service.cpu import describe_cpu
-from service.scoring import RANK_PRIORS, Weights
+from service.scoring import Weights, base_scores
 from service.tuning import (
     NbestMatrix,
     TuningList,
     choose,
-    corpus_wer,
+    corpus_value,
     grid_search,
     nbest_matrix,
-    oracle_wer,
+    oracle_value,
 )
 
 MEASURES = ("asr", "zorro", "mt")
 # The priors an ASR fit may choose between (service.scoring.RANK_PRIORS): a list scored with
 # none of them ignores the beam's order, which the Common Voice lists carry but not its scores.
-FITTED_PRIORS = ("linear", "log")
+# Having no scores, every list gets its prior from service.scoring.base_scores, as it would
+# from /v1/rerank and `electric rerank`.
+FITTED_PRIORS: tuple[RankPrior, ...] = ("linear", "log")
 
 
-def _asr_matrix(lists: Sequence[NbestList], scores: dict[str, tuple[float, int]],
-                prior: str) -> NbestMatrix:
+def _asr_matrix(lists: Sequence[AsrList], scores: dict[str, tuple[float, int]],
+                prior: RankPrior) -> NbestMatrix:
     return nbest_matrix([
         TuningList(reference=lst.reference, texts=lst.hypotheses,
-                   base_scores=[RANK_PRIORS[prior](r) for r in range(len(lst.hypotheses))],
+                   base_scores=base_scores([None] * len(lst.hypotheses), prior),
                    scores=[scores[h][0] for h in lst.hypotheses],
                    num_tokens=[scores[h][1] for h in lst.hypotheses])
         for lst in lists])
 
 
-def _with_prior(m: NbestMatrix, prior: str) -> NbestMatrix:
+def _with_prior(m: NbestMatrix, prior: RankPrior) -> NbestMatrix:
     """``m`` with another rank prior: the word errors are not computed again."""
-    ranks = np.array([RANK_PRIORS[prior](r) for r in range(m.base.shape[1])])
+    ranks = np.array(base_scores([None] * m.base.shape[1], prior))
     return dataclasses.replace(m, base=np.where(m.valid, ranks[None, :], 0.0))
 
 
-def _asr_pairs(lists: Sequence[NbestList], m: NbestMatrix) -> list[tuple[str, str, bool]]:
+def _asr_pairs(lists: Sequence[AsrList], m: NbestMatrix) -> list[tuple[str, str, bool]]:
     """(fewer errors, more errors, the latter is the 1-best) over equal-length hypotheses;
     the errors are the WER statistics ``m`` already holds."""
     out = []
@@ -100,7 +103,7 @@ def _asr_pairs(lists: Sequence[NbestList], m: NbestMatrix) -> list[tuple[str, st
     return out
 
 
-def measure_asr(scorer: Scorer, lists: Sequence[NbestList]) -> tuple[dict[str, Any], np.ndarray]:
+def measure_asr(scorer: Scorer, lists: Sequence[AsrList]) -> tuple[dict[str, Any], np.ndarray]:
     """The ASR figures, and the hypothesis each list (all of them, file order) picks."""
     texts = list(dict.fromkeys(h for lst in lists for h in lst.hypotheses))
     scores = dict(zip(texts, scorer.score(texts)))
@@ -111,12 +114,12 @@ def measure_asr(scorer: Scorer, lists: Sequence[NbestList]) -> tuple[dict[str, A
         m = _with_prior(first, prior)
         fits[prior] = (grid_search(m.subset(tune)), m)
     # The prior with the lower tuning WER; linear on a tie (it is the simpler to explain).
-    prior = min(fits, key=lambda p: (fits[p][0].wer, p != "linear"))
+    prior = min(fits, key=lambda p: (fits[p][0].value, p != "linear"))
     fit, m = fits[prior]
     chosen = choose(m, fit.weights)  # (L,)
     report = m.subset(~tune)
-    beam = corpus_wer(report, np.zeros(report.lists, dtype=np.int64))
-    reranked = corpus_wer(report, chosen[~tune])
+    beam = corpus_value(report, np.zeros(report.lists, dtype=np.int64))
+    reranked = corpus_value(report, chosen[~tune])
     pairs = _asr_pairs(lists, first)
     right = np.array([scores[a][0] > scores[b][0] for a, b, _ in pairs], dtype=bool)
     against_beam = np.array([beam_is_worse for _, _, beam_is_worse in pairs], dtype=bool)
@@ -124,8 +127,8 @@ def measure_asr(scorer: Scorer, lists: Sequence[NbestList]) -> tuple[dict[str, A
         "lists_tune": int(tune.sum()), "lists_report": int((~tune).sum()),
         "rank_prior": prior, "lm_weight": fit.weights.lm_weight,
         "length_bonus": fit.weights.length_bonus,
-        "wer_tune_beam": fit.baseline_wer, "wer_tune_reranked": fit.wer,
-        "wer_beam": beam, "wer_reranked": reranked, "wer_oracle": oracle_wer(report),
+        "wer_tune_beam": fit.baseline, "wer_tune_reranked": fit.value,
+        "wer_beam": beam, "wer_reranked": reranked, "wer_oracle": oracle_value(report),
         "relative_wer_reduction": (beam - reranked) / beam if beam else 0.0,
         "pairs": len(pairs), "pairwise_accuracy": _mean(right),
         "pairs_against_beam": int(against_beam.sum()),
@@ -234,15 +237,14 @@ def evaluate(scorers: dict[str, Scorer], eval_dir: Path, *, limit_pairs: int | N
 
 
 def _agreement(a: str, b: str, row_a: dict[str, Any], decisions: dict[str, dict[str, np.ndarray]],
-               asr: Sequence[NbestList], scorer_b: Scorer) -> dict[str, Any]:
+               asr: Sequence[AsrList], scorer_b: Scorer) -> dict[str, Any]:
     out: dict[str, Any] = {"a": a, "b": b}
     if "asr" in decisions[a]:
         # b under a's weights: does shipping b change what a user of the tuned defaults gets?
-        fit = row_a["asr"]
+        fitted = Weights.of_section(row_a["asr"])  # the fit's figures hold its weights
         texts = list(dict.fromkeys(h for lst in asr for h in lst.hypotheses))
         scores_b = dict(zip(texts, scorer_b.score(texts)))
-        chosen_b = choose(_asr_matrix(asr, scores_b, fit["rank_prior"]),
-                          Weights(fit["lm_weight"], fit["length_bonus"]))
+        chosen_b = choose(_asr_matrix(asr, scores_b, fitted.rank_prior), fitted)
         out["asr_same_choice"] = float((decisions[a]["asr"] == chosen_b).mean())
         out["asr_lists"] = len(asr)
     for measure, key in (("zorro", "zorro_same_decision"), ("mt", "mt_same_order")):

@@ -102,7 +102,7 @@ def write_tokenizer(src: Path, dst: Path, cfg: ModelConfig) -> TokenizerSpec:
 def export_artifact(model: Electric, cfg: ModelConfig, tokenizer_path: Path, out_dir: Path, *,
                     name: str, variants: tuple[VariantName, ...] | list[VariantName] = ("fp32", "int8"),
                     energy_source: str = "nce", training: dict[str, Any] | None = None,
-                    evaluation: dict[str, Any] | None = None, rerank: dict[str, float] | None = None,
+                    evaluation: dict[str, Any] | None = None, rerank: dict[str, Any] | None = None,
                     opset: int = 17, int8_scheme: Int8Scheme = "dynamic",
                     calibration: Sequence[str] | None = None) -> Manifest:
     """Write the artifact folder ``out_dir`` and return its manifest.

@@ -23,13 +23,14 @@ is the index of the (k-1)-gram in the order below (the word id at order 1): a lo
 
 from __future__ import annotations
 
-import gzip
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from model_export.corpus import read_lines
 
 WORD = re.compile(r"\w+|[^\w\s]")
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
@@ -39,16 +40,6 @@ UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 def words(text: str) -> list[str]:
     """Lower-cased words and punctuation marks: the units the LM predicts."""
     return WORD.findall(text.lower())
-
-
-def read_lines(paths: Iterable[Path]) -> Iterator[str]:
-    """Non-blank lines of text files (gzipped when named *.gz): one sentence or paragraph each."""
-    for path in paths:
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    yield line
 
 
 def discounts(counts: np.ndarray) -> np.ndarray:

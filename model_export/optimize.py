@@ -25,7 +25,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnx
@@ -34,6 +34,9 @@ from onnx import TensorProto, helper, numpy_helper
 from model_export.calibration import NodePlan, plan_node, record
 from model_export.config import ModelConfig
 from service.artifact import INPUT_NAMES
+
+if TYPE_CHECKING:
+    from onnxruntime.transformers.fusion_options import FusionOptions
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(Counter(node.op_type for node in model.graph.node))
 
 
-def _fusion_options():
+def _fusion_options() -> FusionOptions:
     from onnxruntime.transformers.fusion_options import FusionOptions
 
     options = FusionOptions("bert")
@@ -265,7 +268,7 @@ def quantize_rowwise(model: onnx.ModelProto,
 
 
 def _opset(model: onnx.ModelProto) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return int(next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")))
 
 
 def _plain_attention(node: onnx.NodeProto) -> bool:

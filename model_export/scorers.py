@@ -3,29 +3,29 @@
 Every scorer maps sentences to ``(score, num_tokens)``: a log-likelihood-like number (higher =
 better) and the count of units it summed over.
 
-- :class:`ArtifactScorer`: an artifact variant run by the service's own engine and tokenizer,
-  ``score = -Σ_t E_t`` over non-special tokens (service/scoring.py), so the figures are the
-  service's.
+- :class:`ArtifactScorer`: an artifact variant run through the CLI's in-process scorer
+  (service/scorers.py ``InProcessScorer``: the service's own tokenizer, engine and
+  ``score = -Σ_t E_t`` over non-special tokens), so the figures are the service's.
 - :class:`TorchEnergyScorer`: the same in PyTorch for an ``Electric`` model; with a warm start
   and a random energy head it is the "nothing learnt yet" baseline.
 - :class:`NoisePLLScorer` / :class:`NgramPLLScorer`: the noise model's one-pass pseudo-log-
   likelihood ``Σ_t log q(x_t | x_\\t)``: the cloze q sees every position's context in one pass.
 - The Kneser-Ney LM (kneser_ney.py) is a scorer as it is.
 
-Sentences are sorted by length and cut into batches under a padded-token budget, so padding
-costs little. torch is imported only by the scorers that need it.
+Sentences are sorted by length and cut into batches under a padded-token budget
+(service/batching.py ``length_batches``), so padding costs little. torch is imported only by the
+scorers that need it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from service.artifact import load_manifest
-from service.scoring import sentence_score
+from service.batching import length_batches, pad
 from service.tokenization import Encoded, SentenceTokenizer
 
 if TYPE_CHECKING:
@@ -58,33 +58,11 @@ class CachedScorer:
         return [self.cache[s] for s in sentences]
 
 
-def length_batches(lengths: Sequence[int], max_tokens: int = MAX_BATCH_TOKENS,
-                   max_rows: int = MAX_BATCH_ROWS) -> Iterator[list[int]]:
-    """Indices grouped into batches of similar length; padded size rows * longest <= max_tokens
-    (a single longer sequence still gets its own batch)."""
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    batch: list[int] = []
-    longest = 0
-    for i in order.tolist():
-        grown = max(longest, lengths[i])
-        if batch and (grown * (len(batch) + 1) > max_tokens or len(batch) == max_rows):
-            yield batch
-            batch, grown = [], lengths[i]
-        batch.append(i)
-        longest = grown
-    if batch:
-        yield batch
-
-
 def pad_batch(encoded: Sequence[Encoded], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Right-padded (B, T) ids, 1/0 mask and scored flags, as the service builds a batch."""
-    T = max(e.length for e in encoded)
-    ids = np.full((len(encoded), T), pad_id, dtype=np.int64)
-    mask = np.zeros((len(encoded), T), dtype=np.int64)
-    scored = np.zeros((len(encoded), T), dtype=bool)
+    """Right-padded (B, T) ids, 1/0 mask (service/batching.py ``pad``) and scored flags."""
+    ids, mask = pad([e.ids for e in encoded], pad_id)
+    scored = np.zeros(ids.shape, dtype=bool)
     for row, e in enumerate(encoded):
-        ids[row, :e.length] = e.ids
-        mask[row, :e.length] = 1
         scored[row, :e.length] = e.scored
     return ids, mask, scored
 
@@ -104,32 +82,29 @@ class _BatchedScorer:
         # Eval sets hold nothing near 512 tokens; truncation only guards against a surprise.
         encoded = self.tokenizer.encode(sentences, truncate=True)
         out: list[tuple[float, int]] = [(0.0, 0)] * len(sentences)
-        for batch in length_batches([e.length for e in encoded], self.max_tokens):
+        for batch in length_batches([e.length for e in encoded], self.max_tokens,
+                                    MAX_BATCH_ROWS):
             scores = self._batch([encoded[i] for i in batch])
             for i, s in zip(batch, scores):
                 out[i] = (s, encoded[i].num_tokens)
         return out
 
 
-class ArtifactScorer(_BatchedScorer):
-    """One variant of an artifact folder on ONNX Runtime (CPU unless the service finds CUDA)."""
+class ArtifactScorer:
+    """One variant of an artifact folder on ONNX Runtime (CPU unless the service finds CUDA),
+    batched as the other scorers here are."""
 
     def __init__(self, folder: Path, variant: str = "fp32", threads: int = 0,
                  max_tokens: int = MAX_BATCH_TOKENS):
-        from service.engine import OnnxEngine
+        from service.scorers import InProcessScorer  # loads ONNX Runtime: only when used
 
-        manifest = load_manifest(folder)
-        tokenizer = SentenceTokenizer.from_file(folder / manifest.tokenizer.file,
-                                                manifest.architecture.max_positions)
-        super().__init__(tokenizer, manifest.tokenizer.pad_id, max_tokens)
-        self.manifest = manifest
-        self.engine = OnnxEngine.load(folder, manifest, variant, threads)  # type: ignore[arg-type]
+        self.local = InProcessScorer(folder, variant, threads)  # type: ignore[arg-type]
+        self.max_tokens = max_tokens
 
-    def _batch(self, encoded: list[Encoded]) -> list[float]:
-        ids, mask, _ = pad_batch(encoded, self.pad_id)
-        energies = self.engine.run(ids, mask)  # (B, T)
-        return [sentence_score(e, energies[row, :e.length]).score
-                for row, e in enumerate(encoded)]
+    def score(self, sentences: list[str]) -> list[tuple[float, int]]:
+        encoded = self.local.tokenizer.encode(sentences, truncate=True)  # as _BatchedScorer.score
+        batches = length_batches([e.length for e in encoded], self.max_tokens, MAX_BATCH_ROWS)
+        return [(r.score, r.num_tokens) for r in self.local.score_batches(encoded, batches)]
 
 
 class _TorchScorer(_BatchedScorer):
@@ -219,7 +194,7 @@ def ngram_cloze_from_corpora(tokenizer_path: Path, corpora: Sequence[Path]) -> N
     """An n-gram cloze q counted over the corpora, one framed sequence per line."""
     from tokenizers import Tokenizer
 
-    from model_export.kneser_ney import read_lines
+    from model_export.corpus import read_lines
     from model_export.ngram import NgramCloze
 
     tok = Tokenizer.from_file(str(tokenizer_path))

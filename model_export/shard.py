@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from model_export.config import TrainConfig, corpus_stem, parse_corpus_weights
 from model_export.data import PackedSequences, load_or_tokenize, load_tokenizer, pack
-from model_export.presets import TrainConfig, corpus_stem, parse_corpus_weights
 
 SHARD_FORMAT = 1
 # The settings a shard was built with; a run reading it must use the same.

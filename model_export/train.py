@@ -6,7 +6,7 @@ The run directory holds everything a run needs to resume and everything export n
     tokens.npz            tokenized corpora (data.py's cache)
     ngram.npz             the n-gram noise model (noise="ngram" only)
     metrics.jsonl         one line per log_every steps, one per evaluation
-    checkpoint.safetensors  model + AdamW state + RNG states + counters (written atomically)
+    checkpoint.safetensors  model + AdamW state + RNG states + RunState (checkpoint.py)
     final.safetensors     model weights, with config.json beside it: what ``electric export`` reads
     config.json           ModelConfig, TrainConfig and the training facts for the manifest
 
@@ -16,27 +16,31 @@ checkpoint carries the RNG streams (dropout, masking and noise samples) and the 
 
 Two phases share one step counter and one data stream: ``noise_pretrain_steps`` of q alone
 (cloze MLE at the masked positions), then ``steps`` of the joint objective (nce.py). Each phase
-has its own linear warm-up and linear decay.
+has its own linear warm-up and linear decay (schedule.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from tqdm import tqdm
 
+from model_export.checkpoint import (
+    RunState,
+    load_checkpoint,
+    load_checkpoint_model,
+    save_checkpoint,
+)
 from model_export.cloze_eval import cloze_cross_entropy, unigram_bigram_baselines
-from model_export.config import MODEL_PRESETS, ModelConfig
+from model_export.config import MODEL_PRESETS, ModelConfig, TrainConfig
 from model_export.data import (
     Batch,
     BatchStream,
@@ -49,16 +53,15 @@ from model_export.data import (
 from model_export.model import Electric
 from model_export.nce import NCEConfig, NoiseModel, TwoTowerNoise, choose_positions, nce_loss
 from model_export.ngram import NgramCloze
-from model_export.presets import TrainConfig
 from model_export.run_files import (
     CHECKPOINT,
     FINAL,
     METRICS,
     MetricsLog,
-    atomic_save,
     hardware,
     write_final,
 )
+from model_export.schedule import lr_factor, make_optimizer, phase_of
 from model_export.shard import check_shard, corpus_weights, load_shard
 from model_export.warmstart import config_from_bert, load_bert_encoder, resolve_warm_start
 
@@ -97,8 +100,6 @@ def _check_shape(cfg: TrainConfig, mcfg: ModelConfig, vocab_size: int) -> None:
 
 def _model_from_run(cfg: TrainConfig, vocab_size: int) -> tuple[Electric, dict[str, Any]]:
     """Every weight from a finished run; its training facts come along for the model card."""
-    from model_export.verify import load_checkpoint_model
-
     final = Path(cfg.init_from) / FINAL
     loaded, mcfg, facts = load_checkpoint_model(final)
     mcfg = dataclasses.replace(mcfg, dropout=cfg.dropout)
@@ -113,46 +114,6 @@ def _model_from_run(cfg: TrainConfig, vocab_size: int) -> tuple[Electric, dict[s
     if cfg.freeze_embeddings:
         model.word_embeddings.weight.requires_grad_(False)
     return model, {"source": str(final), "training": facts["training"]}
-
-
-# Parameters that no warm start provides: they train at ``fresh_lr``.
-FRESH_PREFIXES = ("energy.head.", "noise.")
-
-
-def make_optimizer(model: Electric, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with four groups: warm-startable / fresh parameters, with / without weight decay.
-
-    Biases and LayerNorm weights are not decayed (BERT's recipe). Each group keeps its peak lr
-    as ``base_lr``, which the schedule scales. Frozen parameters get no optimizer state.
-    """
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        no_decay = p.ndim < 2 or "LayerNorm" in name
-        groups.setdefault((name.startswith(FRESH_PREFIXES), no_decay), []).append(p)
-    param_groups = [{"params": params, "base_lr": cfg.fresh_lr if fresh else cfg.lr,
-                     "lr": 0.0, "weight_decay": 0.0 if no_decay else cfg.weight_decay}
-                    for (fresh, no_decay), params in sorted(groups.items())]
-    device = next(model.parameters()).device
-    # The fused kernel updates all tensors of a group in one pass (CPU and CUDA since torch 2.4).
-    return torch.optim.AdamW(param_groups, fused=device.type in ("cpu", "cuda"))
-
-
-def phase_of(step: int, cfg: TrainConfig) -> str:
-    return "noise_pretrain" if step < cfg.noise_pretrain_steps else "joint"
-
-
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to 1, then linear decay to 0, restarted at the joint phase."""
-    if step < cfg.noise_pretrain_steps:
-        i, n = step, cfg.noise_pretrain_steps
-    else:
-        i, n = step - cfg.noise_pretrain_steps, cfg.steps
-    warmup = min(cfg.warmup, n)
-    if i < warmup:
-        return (i + 1) / warmup
-    return max(0.0, (n - i) / max(n - warmup, 1))
 
 
 class Trainer:
@@ -204,7 +165,8 @@ class Trainer:
             else:
                 loss = self.cloze_mle(batch)
                 terms = {"mle_loss": loss.item()}
-        self.scaler.scale(loss).backward()
+        # Tensor.backward carries no annotations in torch.
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         if self.cfg.clip > 0:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]
@@ -224,46 +186,6 @@ class Trainer:
                                            noise_pos[:0], self.generator)
         assert draw.mle_loss is not None, "noise pre-training needs a trainable noise model"
         return draw.mle_loss
-
-    # Checkpoints: safetensors tensors + one JSON metadata entry, written to a temporary file
-    # and renamed, so a crash mid-write leaves the previous checkpoint intact.
-
-    def save(self, path: Path, state: dict[str, Any]) -> None:
-        tensors = {f"model.{k}": v.detach().cpu().contiguous()
-                   for k, v in self.model.state_dict().items()}
-        names = {p: n for n, p in self.model.named_parameters()}
-        for p, slots in self.optimizer.state.items():
-            for key, value in slots.items():
-                tensors[f"optim.{names[p]}.{key}"] = value.detach().cpu().contiguous()
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors["rng.generator"] = self.generator.get_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        meta = {"state": json.dumps({**state, "scaler": self.scaler.state_dict()})}
-        atomic_save(tensors, path, meta)
-
-    def load(self, path: Path) -> dict[str, Any]:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            state = json.loads(f.metadata()["state"])
-        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.model.load_state_dict(model_state)
-        params = dict(self.model.named_parameters())
-        slots: dict[str, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                name, _, slot = key[len("optim."):].rpartition(".")
-                slots.setdefault(name, {})[slot] = value
-        for name, slot in slots.items():
-            p = params[name]
-            # The fused AdamW keeps even its step counters on the parameter's device.
-            self.optimizer.state[p] = {k: v.to(p.device) for k, v in slot.items()}
-        torch.set_rng_state(tensors["rng.torch"])
-        self.generator.set_state(tensors["rng.generator"])
-        if "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        self.scaler.load_state_dict(state.pop("scaler"))
-        return state
 
 
 def make_noise(cfg: TrainConfig, model: Electric, train_seqs: list[np.ndarray],
@@ -353,109 +275,110 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
     trainer = Trainer(cfg, model, noise, stream, device)
 
     if resuming:
-        state = trainer.load(ckpt)
+        state = load_checkpoint(ckpt, trainer)
         # A key the checkpoint lacks was added later; such a run trained with its default.
-        saved = {**TrainConfig().to_dict(), **state["train_config"]}
+        saved = {**TrainConfig().to_dict(), **state.train_config}
         changed = sorted(k for k, v in cfg.to_dict().items()
                          if saved[k] != v and k not in RESUMABLE_CHANGES)
         if changed:
             raise ValueError(f"{run_dir} holds a run with different settings {changed}; "
                              "use a new run_dir or the original settings")
-        state["train_config"] = cfg.to_dict()
+        state.train_config = cfg.to_dict()
     else:
         baselines = (unigram_bigram_baselines(train_seqs, eval_seqs, model.cfg.vocab_size,
                                               special_ids=special_ids, pad_id=special.pad)
                      if eval_seqs else None)
-        state = {"step": 0, "tokens_seen": 0, "sequences_seen": 0, "wall_time_s": 0.0,
-                 "window": {}, "train_config": cfg.to_dict(), "baselines": baselines,
-                 "warm_start": warm_report and warm_report["source"], "last": {}}
-        if cfg.init_from and warm_report:
-            state["init_from"] = warm_report
+        state = RunState(train_config=cfg.to_dict(), baselines=baselines,
+                         warm_start=warm_report["source"] if warm_report else None,
+                         init_from=warm_report if cfg.init_from and warm_report else None)
     del train_seqs
 
-    log = MetricsLog(run_dir / METRICS, state["step"])
+    log = MetricsLog(run_dir / METRICS, state.step)
 
     def evaluate(step: int) -> None:
         if not eval_seqs:
             return
         # float32 even when training autocasts: the figure is compared with exact baselines.
         ce = cloze_cross_entropy(noise, eval_seqs, special_ids=special_ids, pad_id=special.pad)
-        base = state["baselines"]
-        state["last"]["heldout_noise_ce"] = ce
+        base = state.baselines
+        assert base is not None, "a run with held-out sequences has their baselines"
+        state.last["heldout_noise_ce"] = ce
         log.write({"step": step, "heldout_noise_ce": ce, "heldout_unigram_ce": base["unigram"],
                    "heldout_bigram_ce": base["bigram"], "heldout_tokens": base["tokens"]})
 
-    if state["step"] == 0:
+    if state.step == 0:
         evaluate(0)
     run_loop(cfg, trainer, state, log, evaluate, ckpt)
 
-    facts = {"preset": cfg.name, "warm_start": state["warm_start"],
-             **({"init_from": state["init_from"]} if "init_from" in state else {}),
+    facts = {"preset": cfg.name, "warm_start": state.warm_start,
+             **({"init_from": state.init_from} if state.init_from is not None else {}),
              "corpora": corpus_names,
              **({"corpus_weights": dict(zip(corpus_names, weights))} if weights else {}),
-             **({"shard": {**shard_meta, "file": shard.name}} if shard_meta else {}),
-             **({"stopped_early": state["stopped_early"]} if "stopped_early" in state else {}),
+             **({"shard": {**shard_meta, "file": shard.name}} if shard_meta and shard else {}),
+             **({"stopped_early": state.stopped_early} if state.stopped_early is not None
+                else {}),
              "noise": cfg.noise,
              "noise_pretrain_steps": cfg.noise_pretrain_steps, "steps": cfg.steps,
              "batch_size": cfg.batch_size, "max_len": cfg.max_len,
-             "tokens_seen": state["tokens_seen"], "sequences_seen": state["sequences_seen"],
-             "wall_time_s": round(state["wall_time_s"], 1), "hardware": hardware(),
-             "final": state["last"], "heldout_baselines": state["baselines"]}
+             "tokens_seen": state.tokens_seen, "sequences_seen": state.sequences_seen,
+             "wall_time_s": round(state.wall_time_s, 1), "hardware": hardware(),
+             "final": state.last, "heldout_baselines": state.baselines}
     return write_final(run_dir, model, cfg.to_dict(), facts)
 
 
-def run_loop(cfg: TrainConfig, trainer: Trainer, state: dict[str, Any], log: MetricsLog,
-             evaluate: Any, ckpt: Path) -> None:
-    """Steps from ``state["step"]`` to the end: log windows, evaluations, checkpoints.
+def run_loop(cfg: TrainConfig, trainer: Trainer, state: RunState, log: MetricsLog,
+             evaluate: Callable[[int], None], ckpt: Path) -> None:
+    """Steps from ``state.step`` to the end: log windows, evaluations, checkpoints.
 
     With ``cfg.max_minutes`` the loop ends after the first step that finds that much wall time
     spent in this call, evaluating and checkpointing there, and the run finishes as usual.
     """
     session_start = budget_start = time.perf_counter()
-    state.pop("stopped_early", None)  # a resumed run gets the budget again
+    state.stopped_early = None  # a resumed run gets the budget again
     window_time, window_tokens = 0.0, 0  # for tokens/s: step compute only, not eval or saving
-    bar = tqdm(total=cfg.total_steps, initial=state["step"], unit="step", dynamic_ncols=True)
-    for step in range(state["step"], cfg.total_steps):
+    bar = tqdm(total=cfg.total_steps, initial=state.step, unit="step", dynamic_ncols=True)
+    for step in range(state.step, cfg.total_steps):
         t0 = time.perf_counter()
         terms, batch = trainer.step(step)
         real = batch.real_tokens
         window_time += time.perf_counter() - t0
         window_tokens += real
-        state["tokens_seen"] += real
-        state["sequences_seen"] += batch.input_ids.shape[0]
+        state.tokens_seen += real
+        state.sequences_seen += batch.input_ids.shape[0]
         phase, done = phase_of(step, cfg), step + 1
-        window = state["window"]  # running sums, checkpointed so a resumed window is exact
+        window = state.window  # running sums, checkpointed so a resumed window is exact
         window["n"] = window.get("n", 0) + 1
         for key, value in terms.items():
             window[key] = window.get(key, 0.0) + value
         bar.update(1)
         if done % cfg.log_every == 0 or done == cfg.total_steps or phase_of(done, cfg) != phase:
-            record = {"step": done, "phase": phase,
-                      **{k: window[k] / window["n"] for k in WINDOW_KEYS[phase]},
-                      "lr": cfg.lr * lr_factor(step, cfg),
-                      "fresh_lr": cfg.fresh_lr * lr_factor(step, cfg),
-                      "tokens_per_s": window_tokens / max(window_time, 1e-9),
-                      "tokens_seen": state["tokens_seen"]}
+            record: dict[str, Any] = {
+                "step": done, "phase": phase,
+                **{k: window[k] / window["n"] for k in WINDOW_KEYS[phase]},
+                "lr": cfg.lr * lr_factor(step, cfg),
+                "fresh_lr": cfg.fresh_lr * lr_factor(step, cfg),
+                "tokens_per_s": window_tokens / max(window_time, 1e-9),
+                "tokens_seen": state.tokens_seen}
             log.write(record)
-            state["window"] = {}
-            state["last"].update({k: record[k] for k in WINDOW_KEYS[phase]})
+            state.window = {}
+            state.last.update({k: record[k] for k in WINDOW_KEYS[phase]})
             bar.set_postfix(loss=f"{record.get('loss', record['mle_loss']):.3f}",
                             tok_s=f"{record['tokens_per_s']:.0f}")
             window_time, window_tokens = 0.0, 0
         out_of_time = (cfg.max_minutes > 0 and done < cfg.total_steps
                        and time.perf_counter() - budget_start >= cfg.max_minutes * 60)
         if out_of_time:
-            state["stopped_early"] = {"step": done, "planned_steps": cfg.total_steps,
+            state.stopped_early = {"step": done, "planned_steps": cfg.total_steps,
                                       "max_minutes": cfg.max_minutes}
         final = done == cfg.total_steps or out_of_time
         if final or (cfg.eval_every and done % cfg.eval_every == 0):
             evaluate(done)
         if final or done % cfg.ckpt_every == 0:
-            state["step"] = done
-            state["wall_time_s"] += time.perf_counter() - session_start
+            state.step = done
+            state.wall_time_s += time.perf_counter() - session_start
             session_start = time.perf_counter()
-            trainer.save(ckpt, state)
+            save_checkpoint(ckpt, trainer, state)
         if out_of_time:
             break
     bar.close()
-    state["wall_time_s"] += time.perf_counter() - session_start
+    state.wall_time_s += time.perf_counter() - session_start

@@ -15,9 +15,7 @@ reference file's too.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -64,61 +62,3 @@ def verify_artifact(folder: Path, model: Electric | None = None,
         report.checks += check_variants(folder, manifest, batch, _torch_energies(model, batch),
                                         "pytorch")
     return report
-
-
-def _read_config_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def load_checkpoint_model(path: Path) -> tuple[Electric, ModelConfig, dict[str, Any]]:
-    """Rebuild an Electric model from a training checkpoint (a safetensors file).
-
-    The ModelConfig comes from the file's metadata key ``model_config`` (JSON) or, failing
-    that, from ``config.json`` beside it: either the ModelConfig fields themselves or a
-    ``model_config`` / ``model`` entry holding them. Tensors are ``Electric.state_dict()``
-    names; the noise model's may be absent (export and verify use only the energy model).
-
-    Returns the model in eval mode, its config, and facts for export: ``tokenizer_path``
-    (metadata or config.json ``tokenizer``/``tokenizer_path``, else ``tokenizer.json`` beside
-    the checkpoint; None if none is found) and ``training`` (config.json's ``training`` entry,
-    else the metadata's ``training`` JSON, else empty).
-    """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    side = _read_config_json(path.parent / "config.json")
-    if "model_config" in meta:
-        fields = json.loads(meta["model_config"])
-    elif isinstance(side.get("model_config"), dict):
-        fields = side["model_config"]
-    elif isinstance(side.get("model"), dict):
-        fields = side["model"]
-    elif side:
-        fields = side
-    else:
-        raise ValueError(f"{path} has no model_config metadata and no config.json beside it")
-    cfg = ModelConfig.from_dict(fields)
-
-    model = Electric(cfg)
-    tensors = load_file(str(path))
-    result = model.load_state_dict(tensors, strict=False)
-    missing = [k for k in result.missing_keys if k.startswith("energy.")]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"{path} does not match the config: missing {missing[:5]}, "
-                         f"unexpected {result.unexpected_keys[:5]}")
-    model.eval()
-
-    tokenizer = (meta.get("tokenizer_path") or side.get("tokenizer_path") or side.get("tokenizer"))
-    if isinstance(tokenizer, str) and not Path(tokenizer).is_absolute():
-        tokenizer = str(path.parent / tokenizer)  # relative to the run folder
-    if not isinstance(tokenizer, str):
-        beside = path.parent / "tokenizer.json"
-        tokenizer = str(beside) if beside.is_file() else None
-    training = side.get("training")
-    if not isinstance(training, dict):
-        training = json.loads(meta["training"]) if "training" in meta else {}
-    return model, cfg, {"tokenizer_path": tokenizer, "training": training}

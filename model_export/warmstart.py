@@ -22,9 +22,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from model_export.config import ModelConfig
+from model_export.config import MINILM, ModelConfig
 from model_export.model import Electric, EnergyModel
-from model_export.presets import MINILM
 
 SUPPORTED_MODEL_TYPES = ("bert", "electra")
 # Checkpoints saved from a task model (BertForMaskedLM, ElectraForPreTraining...) nest the

@@ -112,6 +112,18 @@ class Manifest(_Strict):
     """None in artifacts exported before the reference file existed: they load and serve as
     before (serving never reads the file), but ``electric verify`` refuses them."""
 
+    def with_rerank(self, lm_weight: float, length_bonus: float, rank_prior: RankPrior,
+                    evaluation: dict[str, Any] | None = None) -> Manifest:
+        """This manifest with fitted re-ranking defaults (``electric tune --write-artifact``,
+        ``electric eval --update-manifest``): the weights and the prior they were fitted with
+        go in together, never one without the others. ``evaluation``: the figures to record
+        with them, in place of the old ones."""
+        rerank = RerankDefaults(lm_weight=lm_weight, length_bonus=length_bonus,
+                                rank_prior=rank_prior)
+        return self.model_copy(update={"rerank": rerank,
+                                       "evaluation": self.evaluation if evaluation is None
+                                       else evaluation})
+
     def public(self) -> dict[str, Any]:
         """The manifest as GET /v1/model shows it: no file names."""
         data = self.model_dump(mode="json")

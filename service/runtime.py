@@ -162,8 +162,8 @@ class Runtime:
     def weights(self, lm_weight: float | None, length_bonus: float | None,
                 rank_prior: RankPrior | None) -> Weights:
         """What a /v1/rerank request re-ranks with (service/scoring.py ``resolve_weights``)."""
-        return resolve_weights(Weights.of_section(self.manifest.rerank.model_dump()),
-                               lm_weight, length_bonus, rank_prior)
+        return resolve_weights(Weights.of_manifest(self.manifest), lm_weight, length_bonus,
+                               rank_prior)
 
     @contextmanager
     def admitted(self) -> Iterator[None]:

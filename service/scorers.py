@@ -5,8 +5,10 @@ texts, holding only a bounded window of them at a time:
 
 - :class:`InProcessScorer` loads an artifact the way the service does (service/engine.py,
   service/tokenization.py) and batches each window of texts with the service's own policy
-  (service/batching.py ``next_batch``): length-sorted within the window, padded cost under the
-  device's token budget.
+  (service/batching.py ``drain``): length-sorted within the window, padded cost under the
+  device's token budget. It is the one artifact -> tokenizer -> engine -> scores loop outside
+  the service: the evaluation (model_export/scorers.py) and the engine benchmark
+  (bench/service_load.py) run theirs through it, with their own batches.
 - :class:`RemoteScorer` sends windows of texts to ``/v1/score`` through the async client, a
   few requests in flight at once, and yields the answers in order. Retries and Retry-After are
   the client's (service/client.py).
@@ -27,14 +29,17 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+from numpy.typing import NDArray
+
 from service.artifact import load_manifest
-from service.batching import next_batch, pad, resolve_limits
+from service.batching import BatchLimits, drain, pad, resolve_limits
 from service.client import AsyncElectricClient, ElectricError
 from service.engine import CUDA, EnergyEngine, OnnxEngine
 from service.schemas import SentenceScore
 from service.scoring import EMPTY, Weights, sentence_score
 from service.settings import VariantChoice, default_artifact
-from service.tokenization import SentenceTokenizer, TooLong
+from service.tokenization import Encoded, SentenceTokenizer, TooLong
 
 WINDOW = 256
 """Texts tokenized and batched together in process: bounds memory, and is the sort window."""
@@ -93,7 +98,7 @@ class InProcessScorer:
         self._window = window
 
     def defaults(self) -> Weights:
-        return Weights.of_section(self.manifest.rerank.model_dump())
+        return Weights.of_manifest(self.manifest)
 
     def stream(self, texts: Iterable[str], truncate: bool = False) -> Iterator[SentenceScore]:
         for window in _windows(texts, self._window):
@@ -104,18 +109,30 @@ class InProcessScorer:
             encoded = self.tokenizer.encode(texts, truncate)
         except TooLong as exc:
             raise TextTooLong(texts[exc.index], exc.num_tokens, exc.max_tokens) from None
-        results: list[SentenceScore] = [EMPTY] * len(texts)
-        queue = [i for i, e in enumerate(encoded) if e.num_tokens]
-        pad_id = self.manifest.tokenizer.pad_id
-        while queue:
-            picked = next_batch([encoded[i].length for i in queue], self.limits)
-            rows = [queue[p] for p in picked]
-            ids, mask = pad([encoded[i].ids for i in rows], pad_id)  # (B, T) each
-            energies = self.engine.run(ids, mask)  # (B, T)
-            for row, i in enumerate(rows):
+        return self.score_batches(encoded, self.batches(encoded))
+
+    def batches(self, encoded: Sequence[Encoded],
+                limits: BatchLimits | None = None) -> Iterator[list[int]]:
+        """Indices of ``encoded`` batched with the service's policy under ``limits`` (default:
+        this scorer's); texts without tokens are in none, they score :data:`EMPTY`."""
+        rows = [i for i, e in enumerate(encoded) if e.num_tokens]
+        for picked in drain([encoded[i].length for i in rows], limits or self.limits):
+            yield [rows[p] for p in picked]
+
+    def padded(self, encoded: Sequence[Encoded],
+               batch: Sequence[int]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The engine's ``(ids, mask)`` inputs, (B, T) each, for ``encoded[i]`` with i in ``batch``."""
+        return pad([encoded[i].ids for i in batch], self.manifest.tokenizer.pad_id)
+
+    def score_batches(self, encoded: Sequence[Encoded],
+                      batches: Iterable[Sequence[int]]) -> list[SentenceScore]:
+        """Run each batch of indices through the engine and score its rows; an index in no
+        batch scores :data:`EMPTY`."""
+        results: list[SentenceScore] = [EMPTY] * len(encoded)
+        for batch in batches:
+            energies = self.engine.run(*self.padded(encoded, batch))  # (B, T)
+            for row, i in enumerate(batch):
                 results[i] = sentence_score(encoded[i], energies[row, :encoded[i].length])
-            taken = set(picked)
-            queue = [q for k, q in enumerate(queue) if k not in taken]
         return results
 
     def close(self) -> None:
@@ -142,7 +159,7 @@ class RemoteScorer:
             self.close()
             raise
         self.name = str(info.manifest.get("name", url))
-        self._defaults = Weights.of_section(info.manifest.get("rerank"))
+        self._defaults = Weights.of_manifest(info.manifest)
 
     def defaults(self) -> Weights:
         return self._defaults

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.artifact import RankPrior
+from service.artifact import Manifest, RankPrior
 from service.schemas import Hypothesis, HypothesisList, RankedHypothesis, SentenceScore
 from service.tokenization import Encoded
 
@@ -38,12 +38,21 @@ class Weights:
 
     @classmethod
     def of_section(cls, section: Mapping[str, Any] | None) -> Weights:
-        """A manifest's ``rerank`` section (as a dict: GET /v1/model shows it so) or a weights
-        file from ``electric tune --out``; what it leaves out takes RerankDefaults' defaults."""
+        """A ``rerank`` section as a dict, or a weights file from ``electric tune --out``;
+        what it leaves out takes RerankDefaults' defaults."""
         section = section or {}
         return cls(float(section.get("lm_weight", 1.0)),
                    float(section.get("length_bonus", 0.0)),
                    rank_prior_named(section.get("rank_prior") or "none"))
+
+    @classmethod
+    def of_manifest(cls, manifest: Manifest | Mapping[str, Any]) -> Weights:
+        """The weights and prior a model's manifest carries, loaded or as GET /v1/model shows
+        it: the defaults of :func:`resolve_weights` for the service, every CLI command and a
+        client of a remote service alike."""
+        if isinstance(manifest, Manifest):
+            return cls.of_section(manifest.rerank.model_dump())
+        return cls.of_section(manifest.get("rerank"))
 
 
 RANK_PRIORS: dict[RankPrior, Callable[[int], float]] = {
@@ -76,7 +85,9 @@ def resolve_weights(defaults: Weights, lm_weight: float | None = None,
 
 
 def base_scores(given: Sequence[float | None], prior: RankPrior) -> list[float]:
-    """A list's base scores from its hypotheses' own (None: the hypothesis has none).
+    """A list's base scores from its hypotheses' own (None: the hypothesis has none): the one
+    place a rank prior enters a combined score, for /v1/rerank, ``electric rerank``, ``electric
+    tune`` and the evaluation alike.
 
     A rank prior stands in for a recogniser's scores that were lost, so it applies only to a
     list where no hypothesis has one; in a list where some do, one without counts 0, as

@@ -201,12 +201,9 @@ def fit_and_hold_out(m: NbestMatrix, ids: list[str], grid: AnyGrid | None,
 def save_to_artifact(folder: Path, fit: TuningResult, facts: dict[str, Any]) -> Path:
     """Set the manifest's rerank defaults (what serve and rerank use) and record the fit."""
     manifest = load_manifest(folder)
-    evaluation = {**manifest.evaluation, "rerank_tuning": facts}
-    rerank = manifest.rerank.model_copy(update={
-        "lm_weight": fit.weights.lm_weight, "length_bonus": fit.weights.length_bonus,
-        "rank_prior": facts["rank_prior"]})
-    return write_manifest(folder, manifest.model_copy(update={"rerank": rerank,
-                                                              "evaluation": evaluation}))
+    return write_manifest(folder, manifest.with_rerank(
+        fit.weights.lm_weight, fit.weights.length_bonus, facts["rank_prior"],
+        evaluation={**manifest.evaluation, "rerank_tuning": facts}))
 
 
 def _figures(metric: str, baseline: float, value: float, oracle: float) -> str:

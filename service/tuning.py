@@ -146,15 +146,10 @@ def choose(m: NbestMatrix, weights: Weights) -> NDArray[np.int64]:
 
 
 def corpus_value(m: NbestMatrix, chosen: NDArray[np.int64]) -> float:
-    """The corpus metric of the chosen hypotheses."""
+    """The corpus metric of the chosen hypotheses (for WER: their errors over all the
+    references' words)."""
     picked = m.stats[np.arange(m.lists), chosen]  # (L, S)
     return float(m.metric.corpus(picked.sum(axis=0)))
-
-
-def corpus_wer(m: NbestMatrix, chosen: NDArray[np.int64]) -> float:
-    """Total errors of the chosen hypotheses / total reference words (WER matrices)."""
-    m._need_wer()
-    return corpus_value(m, chosen)
 
 
 def oracle_value(m: NbestMatrix) -> float:
@@ -164,11 +159,6 @@ def oracle_value(m: NbestMatrix) -> float:
     sentence = sentence if m.metric.higher_is_better else -sentence
     best = np.where(m.valid, sentence, -np.inf).argmax(axis=1)
     return corpus_value(m, np.asarray(best, dtype=np.int64))
-
-
-def oracle_wer(m: NbestMatrix) -> float:
-    m._need_wer()
-    return oracle_value(m)
 
 
 # -- grids ------------------------------------------------------------------------------------
@@ -233,23 +223,6 @@ class TuningResult:
     @property
     def grid_points(self) -> int:
         return int(self.values.size)
-
-    @property
-    def wer(self) -> float:
-        return self._wer(self.value)
-
-    @property
-    def baseline_wer(self) -> float:
-        return self._wer(self.baseline)
-
-    @property
-    def oracle_wer(self) -> float:
-        return self._wer(self.oracle)
-
-    def _wer(self, value: float) -> float:
-        if self.metric != "wer":
-            raise ValueError(f"this result was tuned on {self.metric}, not WER")
-        return value
 
 
 def default_grid(m: NbestMatrix) -> Grid:

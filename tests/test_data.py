@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model_export.corpus import read_documents
 from model_export.data import (
     BatchStream,
     SpecialIds,
@@ -16,7 +17,6 @@ from model_export.data import (
     load_or_tokenize,
     load_tokenizer,
     pack,
-    read_documents,
     speech_form,
     split_sentences,
     tokenize_corpora,

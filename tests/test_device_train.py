@@ -14,6 +14,8 @@ from safetensors.torch import load_file, save_file
 from test_train import templated_corpus
 from tiny_models import build_tiny_electric
 
+from model_export.checkpoint import load_checkpoint_model
+from model_export.config import preset
 from model_export.device_pieces import (
     INDEX,
     join_pieces,
@@ -24,10 +26,8 @@ from model_export.device_pieces import (
     write_portable_warm_start,
 )
 from model_export.model import Electric
-from model_export.presets import preset
 from model_export.shard import build_shard
 from model_export.train import train
-from model_export.verify import load_checkpoint_model
 from model_export.warmstart import config_from_bert, load_bert_encoder
 
 ROOT = Path(__file__).resolve().parents[1]

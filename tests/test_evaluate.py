@@ -36,9 +36,9 @@ from model_export.scorers import (
     NgramPLLScorer,
     NoisePLLScorer,
     TorchEnergyScorer,
-    length_batches,
 )
 from service.artifact import load_manifest
+from service.batching import length_batches
 
 
 def tiny_electric() -> Electric:

@@ -15,9 +15,10 @@ from safetensors.torch import save_file
 from tiny_models import build_tiny_electric, encode_padded
 from tokenizers import Tokenizer
 
+from model_export.checkpoint import load_checkpoint_model
 from model_export.export import VARIANT_FILES, export_artifact
 from model_export.optimize import op_counts
-from model_export.verify import load_checkpoint_model, verify_artifact
+from model_export.verify import verify_artifact
 from service.artifact import ArtifactError, load_manifest, verified_variant_path
 
 FP32_ATOL = 1e-4

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 from test_train import templated_corpus
 
+from model_export.config import preset
 from model_export.data import BatchStream, SpecialIds, load_tokenizer
-from model_export.presets import preset
 from model_export.shard import build_shard, load_shard
 from model_export.train import train, training_data
 

@@ -11,10 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from model_export.config import TRAIN_PRESETS, TrainConfig, preset
 from model_export.data import BatchStream, SpecialIds, load_tokenizer, pack, tokenize_corpora
 from model_export.nce import TwoTowerNoise
-from model_export.presets import TRAIN_PRESETS, TrainConfig, preset
-from model_export.train import Trainer, build_model, corpus_weights, lr_factor, train
+from model_export.schedule import lr_factor
+from model_export.shard import corpus_weights
+from model_export.train import Trainer, build_model, train
 
 ADJ = ["big", "small", "old", "new", "red", "good", "bad"]
 NOUN = ["cat", "dog", "bird", "man", "woman", "child", "house", "tree", "car", "book"]
@@ -66,7 +68,7 @@ def test_tiny_training_learns_and_writes_the_export_files(corpus: Path, tiny_tok
     assert config["training"]["steps"] == 40 and config["training"]["tokens_seen"] > 0
     assert set(config["training"]["final"]) >= {"loss", "nce_loss", "heldout_noise_ce"}
     # The exporter's loader rebuilds the same model from these files.
-    from model_export.verify import load_checkpoint_model
+    from model_export.checkpoint import load_checkpoint_model
 
     model, mcfg, facts = load_checkpoint_model(final)
     assert mcfg.vocab_size == load_tokenizer(tiny_tokenizer_path).get_vocab_size()

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.batching import BatchLimits, next_batch, pad, padded_cost, resolve_limits
+from service.batching import (
+    BatchLimits,
+    drain,
+    length_batches,
+    next_batch,
+    pad,
+    padded_cost,
+    resolve_limits,
+)
 
 CASES = [
     # (lengths oldest first, max_batch_tokens, max_batch_size, sort_window, expected indices)
@@ -121,3 +129,30 @@ def test_pad_right_pads_with_mask() -> None:
     assert ids.dtype == np.int64 and mask.dtype == np.int64
     assert ids.tolist() == [[2, 5, 3], [2, 3, 0]]
     assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_drain_is_next_batch_over_a_queue_that_gets_nothing_new() -> None:
+    rng = np.random.default_rng(2)
+    lengths = [int(x) for x in rng.integers(3, 64, size=300)]
+    limits = BatchLimits(max_batch_tokens=256, max_batch_size=16, sort_window=32,
+                         max_padding=0.2)
+    expected, queue = [], list(range(len(lengths)))
+    while queue:
+        picked = next_batch([lengths[q] for q in queue], limits)
+        expected.append([queue[i] for i in picked])
+        queue = [q for i, q in enumerate(queue) if i not in set(picked)]
+    assert list(drain(lengths, limits)) == expected
+    assert list(drain([], limits)) == []
+
+
+@pytest.mark.parametrize("lengths, tokens, rows, expected", [
+    pytest.param([], 100, 4, [], id="nothing"),
+    pytest.param([5, 50, 7, 6, 49, 8, 200], 100, 3, [[0, 3, 2], [5, 4], [1], [6]],
+                 id="runs of the length order"),
+    pytest.param([4, 4, 4, 4, 4], 100, 2, [[0, 1], [2, 3], [4]], id="rows close a run"),
+    pytest.param([9, 3, 9, 3], 18, 8, [[1, 3], [0, 2]], id="ties keep index order"),
+    pytest.param([300, 2], 100, 8, [[1], [0]], id="over the budget runs alone"),
+])
+def test_length_batches(lengths: list[int], tokens: int, rows: int,
+                        expected: list[list[int]]) -> None:
+    assert list(length_batches(lengths, tokens, rows)) == expected

@@ -10,11 +10,11 @@ from service.tuning import (
     Grid,
     TuningList,
     choose,
-    corpus_wer,
+    corpus_value,
     default_grid,
     grid_search,
     nbest_matrix,
-    oracle_wer,
+    oracle_value,
     word_errors,
 )
 
@@ -40,7 +40,7 @@ def test_matrix_pads_ragged_lists_and_counts_reference_words() -> None:
     assert m.ref_words.tolist() == [2.0, 1.0]
     # Padding is never chosen, even where it would look best.
     assert choose(m, Weights(1.0, 0.0)).tolist() == [0, 0]
-    assert oracle_wer(m) == pytest.approx(1 / 3)
+    assert oracle_value(m) == pytest.approx(1 / 3)
 
 
 def test_mismatched_lengths_are_refused() -> None:
@@ -58,8 +58,8 @@ def test_ties_go_to_the_earlier_hypothesis() -> None:
 def test_corpus_wer_is_total_errors_over_total_reference_words() -> None:
     m = nbest_matrix([lst("a b c d", ["a b c d", "x"], [0.0, 0.0]),
                       lst("e f", ["e", "e f"], [0.0, 0.0])])
-    assert corpus_wer(m, np.array([0, 0])) == pytest.approx(1 / 6)
-    assert corpus_wer(m, np.array([1, 1])) == pytest.approx(4 / 6)
+    assert corpus_value(m, np.array([0, 0])) == pytest.approx(1 / 6)
+    assert corpus_value(m, np.array([1, 1])) == pytest.approx(4 / 6)
 
 
 def synthetic(n: int, seed: int, informative: bool = True) -> list[TuningList]:
@@ -81,13 +81,13 @@ def synthetic(n: int, seed: int, informative: bool = True) -> list[TuningList]:
 def test_grid_search_finds_weights_that_follow_an_informative_lm() -> None:
     m = nbest_matrix(synthetic(60, seed=1))
     fit = grid_search(m)
-    assert fit.wer == pytest.approx(0.0)
-    assert fit.baseline_wer > 0.1
-    assert fit.oracle_wer == 0.0
+    assert fit.value == pytest.approx(0.0)
+    assert fit.baseline > 0.1
+    assert fit.oracle == 0.0
     assert fit.weights.lm_weight > 0
     # The fitted weights generalise to fresh lists drawn the same way.
     fresh = nbest_matrix(synthetic(60, seed=2))
-    assert corpus_wer(fresh, choose(fresh, fit.weights)) == pytest.approx(0.0)
+    assert corpus_value(fresh, choose(fresh, fit.weights)) == pytest.approx(0.0)
 
 
 def test_an_uninformative_lm_keeps_the_beam_order() -> None:
@@ -96,7 +96,7 @@ def test_an_uninformative_lm_keeps_the_beam_order() -> None:
     lists = [lst("a b c", ["a b c", "a b x", "a x c"], rng.normal(size=3).tolist())
              for _ in range(30)]
     fit = grid_search(nbest_matrix(lists))
-    assert fit.wer == fit.baseline_wer == 0.0
+    assert fit.value == fit.baseline == 0.0
 
 
 def test_length_bonus_is_found_when_the_right_hypotheses_are_longer() -> None:
@@ -108,7 +108,7 @@ def test_length_bonus_is_found_when_the_right_hypotheses_are_longer() -> None:
         tokens = [len(t.split()) for t in texts]
         lists.append(TuningList(ref, texts, [0.0, 0.0, 0.0], [-1.0 * n for n in tokens], tokens))
     fit = grid_search(nbest_matrix(lists))
-    assert fit.wer == 0.0
+    assert fit.value == 0.0
     assert fit.weights.length_bonus > fit.weights.lm_weight * 1.0  # outweighs the LM's penalty
 
 
@@ -130,5 +130,5 @@ def test_an_explicit_grid_is_used_as_given() -> None:
     m = nbest_matrix(synthetic(20, seed=4))
     fit = grid_search(m, Grid(lm_weights=(0.0,), bonuses_per_token=(0.0,)))
     assert fit.weights == Weights(0.0, 0.0)
-    assert fit.wer == fit.baseline_wer
+    assert fit.value == fit.baseline
     assert fit.grid_points == 1
