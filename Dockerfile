@@ -50,6 +50,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     /opt/venv/bin/pip install --disable-pip-version-check --require-hashes \
         -r requirements/serve.txt
 COPY pyproject.toml README.md ./
+COPY electric ./electric
 COPY service ./service
 RUN /opt/venv/bin/pip install --disable-pip-version-check --no-cache-dir --no-deps \
         --no-build-isolation .
@@ -67,6 +68,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     /opt/venv/bin/pip install --disable-pip-version-check --require-hashes \
         -r requirements/gpu.txt
 COPY pyproject.toml README.md ./
+COPY electric ./electric
 COPY service ./service
 RUN /opt/venv/bin/pip install --disable-pip-version-check --no-cache-dir --no-deps \
         --no-build-isolation .

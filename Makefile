@@ -44,8 +44,8 @@ test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check service model_export tests bench
-	$(BIN)/mypy service model_export
+	$(BIN)/ruff check electric service model_export evaluation tests bench
+	$(BIN)/mypy electric service model_export evaluation
 
 # Re-compile every lock from pyproject.toml (build.txt: from build.in alone) with uv (pinned in the dev extra), then run the tests
 # on the result. test.txt first; the others are constrained to its versions, so a package has one

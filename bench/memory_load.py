@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from bench import server as bench_server
-from bench.server import Server, proc_status
+from bench.launch import Server, proc_status
 
 WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with",
          "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but",

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.launch import RawClient, Server, cpu_seconds, score
 from bench.machine import describe
-from bench.server import RawClient, Server, cpu_seconds, score
 from bench.timing import percentiles
 from model_export.corpus import read_lines
 
@@ -64,7 +64,7 @@ def bench_engine(artifact: Path, variant: str, threads: int, sentences: list[str
     the CLI's in-process scorer, with the service's settings, timed at ``engine.run`` alone."""
     from service.batching import resolve_limits
     from service.engine import CUDA
-    from service.scorers import InProcessScorer
+    from service.local import InProcessScorer
     from service.settings import Settings
 
     settings = Settings()

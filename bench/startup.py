@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from bench.launch import Server, proc_status
 from bench.machine import describe
-from bench.server import Server, proc_status
 from bench.service_load import closed_loop, load_sentences
 
 

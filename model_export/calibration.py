@@ -21,7 +21,7 @@ per MatMul, from the float activations the node really sees:
   which adds each pair of adjacent products into a *saturating* int16. With activations up to
   255 and weights in [-63, 63] a pair is at most 2 * 255 * 63 = 32,130 < 32,767, so no sum can
   saturate and AVX2, AVX-512, VNNI, AMX and ARM64 kernels all compute the same int32 result
-  (tests/test_quantize.py emulates the AVX2 pair sum to prove it; docs/EXPORT.md has the
+  (tests/model_export/test_quantize.py emulates the AVX2 pair sum to prove it; docs/EXPORT.md has the
   measurements, including uint8 weights, which are exact too but 3x slower on VNNI).
 - **Weight rounding**: GPTQ (Frantar et al. 2023, algorithm 1 without lazy batches): rows of W
   are rounded one at a time and the rounding error is pushed onto the rows not yet rounded,

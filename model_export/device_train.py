@@ -12,7 +12,7 @@ What scripts/device_train.sh runs on the device after staging the upload there:
 4. split the run into ``--out`` ($OUT) for ``electric device join`` here.
 
 It imports only torch, numpy, safetensors, tokenizers and tqdm, all on the device image
-(tests/test_device_train.py runs it with the serving packages blocked).
+(tests/model_export/test_device_train.py runs it with the serving packages blocked).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model_export.cli import _parse_overrides
+from model_export.commands import _parse_overrides
 from model_export.config import TrainConfig, preset
 from model_export.device_pieces import join_pieces, split_run
 from model_export.train import train

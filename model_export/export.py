@@ -1,4 +1,4 @@
-"""Export an Electric energy model to an ARTIFACT folder (service/artifact.py is the contract).
+"""Export an Electric energy model to an ARTIFACT folder (service/artifact/ is the contract).
 
 Steps: trace ``model.energy`` to ONNX with the TorchScript exporter, fuse the graph with ONNX
 Runtime's transformer optimizer (optimize.py), derive the fp16 and int8 variants from the fused

@@ -1,7 +1,7 @@
 """The built-in reference sentences, and their PyTorch fp32 energies written into an artifact.
 
 Export runs the model on ``REFERENCE_SENTENCES`` and stores the energies in the artifact
-(service/reference_energies.py), so that ``electric verify`` can check every ONNX variant
+(service/artifact/reference.py), so that ``electric verify`` can check every ONNX variant
 without the checkpoint. The set is varied on purpose: short and long, questions and quotes,
 numbers and symbols, casing, accents, ungrammatical and scrambled text (whose energies differ
 most from fluent text), so that a variant has to be right over the whole range of energies, not
@@ -17,7 +17,7 @@ import torch
 
 from model_export.model import Electric
 from service.artifact import ReferenceSpec
-from service.reference_energies import ReferenceSentence, write_reference
+from service.artifact.reference import ReferenceSentence, write_reference
 from service.tokenization import SentenceTokenizer
 
 REFERENCE_SENTENCES = [

@@ -17,7 +17,7 @@ corpus order. Small up-weighted corpora are therefore kept whole and the large d
 are sampled. The weights are then divided by the kept fraction (``weights`` in the JSON), so
 a weighted epoch of the shard holds as many sequences of each corpus as an epoch of the corpora.
 Without a cap the shard holds exactly what ``train`` packs, and ``train(..., shard=)`` draws
-the same batches as from the corpora (tests/test_shard.py).
+the same batches as from the corpora (tests/model_export/test_shard.py).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Parity verification: does each ONNX variant of an artifact compute what the model computes?
 
-Two references, the same checks (service/parity.py holds both the checks and the tolerances):
+Two references, the same checks (service/artifact/parity.py holds both the checks and the tolerances):
 
 - ``stored``, always: the energies the PyTorch fp32 model computed on the built-in reference
-  sentences at export (service/reference_energies.py). This needs neither torch nor the
-  checkpoint; the CLI runs service.parity.verify_reference directly when no checkpoint is given.
+  sentences at export (service/artifact/reference.py). This needs neither torch nor the
+  checkpoint; the CLI runs service.artifact.parity.verify_reference directly when no checkpoint is given.
   An artifact without them (exported before issue #13) fails: re-export it.
 - ``pytorch``, with a checkpoint: the live model on ``sentences``, which also shows that the
   artifact was exported from this checkpoint.
@@ -23,7 +23,7 @@ from model_export.config import ModelConfig
 from model_export.model import Electric
 from model_export.reference_set import REFERENCE_SENTENCES
 from service.artifact import ArtifactError, Manifest, load_manifest
-from service.parity import Batch, VerifyReport, check_variants, encode, verify_reference
+from service.artifact.parity import Batch, VerifyReport, check_variants, encode, verify_reference
 
 
 def _torch_energies(model: Electric, batch: Batch) -> np.ndarray:

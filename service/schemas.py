@@ -26,7 +26,7 @@ from service.artifact import RankPrior
 
 # Bounds that keep every combined score finite: with them, base + lm_weight * score +
 # length_bonus * num_tokens cannot overflow a float64 whatever the model returns (energies are
-# finite float32). They are orders of magnitude past any tuned value (service/tuning.py).
+# finite float32). They are orders of magnitude past any tuned value (service/rerank/tuning.py).
 MAX_BASE_SCORE = 1e9
 MAX_LM_WEIGHT = 1e6
 MAX_LENGTH_BONUS = 1e6

@@ -29,8 +29,8 @@ VariantChoice = Literal["auto", "fp32", "fp16", "int8"]
 ENV_PREFIX = "ELECTRIC_"
 # ELECTRIC_* variables read outside this class, so that they are not reported as unknown.
 OTHER_VARIABLES = {
-    "ELECTRIC_API_KEY": "the key `electric score|rerank|tune --url` sends (service/scorers.py)",
-    "ELECTRIC_EVAL_DIR": "the dev sets' folder of `electric eval` (model_export/eval_sets.py)",
+    "ELECTRIC_API_KEY": "the key `electric score|rerank|tune --url` sends (service/local.py)",
+    "ELECTRIC_EVAL_DIR": "the dev sets' folder of `electric eval` (evaluation/sets.py)",
     "ELECTRIC_BENCH_CORPUS": "the text of `electric bench service` (bench/service_load.py)",
 }
 _REDACTED = "**********"

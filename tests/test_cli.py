@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tiny_models import SENTENCES
 
-from service.cli import main
+from electric.cli import main
 
 
 def test_train_export_verify(tmp_path: Path, tiny_tokenizer_path: Path, capsys) -> None:

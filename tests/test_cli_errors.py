@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from model_export.eval_sets import ASR_FILE, EVAL_DIR_VARIABLE, resolve_eval_dir
-from service.cli import main, missing_extra
+from electric.cli import main, missing_extra
+from evaluation.sets import ASR_FILE, EVAL_DIR_VARIABLE, resolve_eval_dir
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -51,8 +51,8 @@ def test_bench_plot_without_matplotlib(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 def test_any_command_without_onnxruntime(monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    forget(monkeypatch, "service.rerank_cmd", "service.score_cmd", "service.tune_cmd",
-           "service.scorers", "service.engine")
+    forget(monkeypatch, "service.commands.rerank", "service.commands.score", "service.commands.tune",
+           "service.local", "service.engine")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert main(["score", str(EXAMPLES / "sentences.txt")]) == 1
     assert one_line(capsys).startswith("electric needs the 'cpu' extra (onnxruntime): "

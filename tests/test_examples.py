@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from model_export.eval_sets import (
+from electric.cli import main
+from evaluation.sets import (
     FILES,
     in_tuning_half,
     read_asr,
@@ -17,8 +18,7 @@ from model_export.eval_sets import (
     read_zorro,
     resolve_eval_dir,
 )
-from service.cli import main
-from service.nbest import read_nbest
+from service.rerank.nbest import read_nbest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

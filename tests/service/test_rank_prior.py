@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from harness import serving
 
+from electric.cli import main
 from service.artifact import RankPrior, load_manifest, write_manifest
-from service.cli import main
+from service.local import InProcessScorer
 from service.runtime import Runtime
-from service.scorers import InProcessScorer
 from service.settings import Settings
 
 TEXTS = ["the cat sat on the mat", "a dog ran to the house", "the big red tree",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.cli import main
+from electric.cli import main
 from service.settings import (
     InvalidSettings,
     load_settings,

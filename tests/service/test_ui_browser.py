@@ -27,8 +27,8 @@ import pytest
 from harness import ROOT
 from live_server import live_server
 
-from service.corpus_metrics import word_errors
-from service.nbest import NbestFormatError, read_nbest
+from service.rerank.metrics import word_errors
+from service.rerank.nbest import NbestFormatError, read_nbest
 from service.settings import default_artifact
 
 try:
@@ -216,7 +216,7 @@ def test_deep_link_scores_at_once(tab: Watched, server: str, api: httpx.Client) 
     assert [len(c["tokens"]) for c in shown] == [r["num_tokens"] for r in answer]
 
 
-# Inputs for the parity of the page's readers (nbest.js) with service/nbest: each format's
+# Inputs for the parity of the page's readers (nbest.js) with service/rerank/nbest: each format's
 # ordinary layout and the corners the port has to get right (CRLF, Python's whitespace and
 # float syntax, key order, blocks, log lines).
 ESPNET = json.dumps({
