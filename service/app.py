@@ -8,7 +8,6 @@ on the schemas and settings, batching is in the batcher, maths is in scoring.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
@@ -43,19 +42,21 @@ from service.runtime import Runtime
 from service.schemas import (
     ErrorBody,
     ModelInfo,
+    RankedHypothesis,
     RankedList,
     RerankRequest,
     RerankResponse,
     ScoreRequest,
     ScoreResponse,
+    SentenceScore,
     Status,
     TokenizedSentence,
     TokenizeRequest,
     TokenizeResponse,
+    unique_texts,
 )
-from service.scoring import rank, unique_texts
+from service.scoring import rank
 from service.settings import Settings
-from service.tokenization import TooLong
 from service.ui import install_ui
 
 T = TypeVar("T")
@@ -140,7 +141,7 @@ v1 = APIRouter(prefix="/v1", responses=_REFUSALS)
 @v1.post("/score")
 async def score(body: ScoreRequest, request: Request, runtime: AuthorizedDep) -> ScoreResponse:
     """Per-token energies and the sentence score (-sum of energies) of each sentence."""
-    check_count(len(body.sentences), runtime.settings.max_sentences, "sentences")
+    check_count(len(body.sentences), runtime.max_sentences, "sentences")
     with runtime.admitted():
         encoded = await runtime.encode(body.sentences, body.truncate)
         for i, e in enumerate(encoded):
@@ -148,7 +149,7 @@ async def score(body: ScoreRequest, request: Request, runtime: AuthorizedDep) ->
                 raise InvalidInput(f"sentences[{i}] has no tokens once normalised; /v1/score "
                                    "needs at least one")
         results = await unless_client_leaves(request, runtime.score(encoded))
-    return ScoreResponse(model=runtime.manifest.name, results=results)
+    return ScoreResponse(model=runtime.model_name, results=[SentenceScore.of(s) for s in results])
 
 
 @v1.post("/rerank", response_model_exclude_none=True)
@@ -156,20 +157,18 @@ async def rerank(body: RerankRequest, request: Request,
                  runtime: AuthorizedDep) -> RerankResponse:
     """Each n-best list sorted by base_score + lm_weight * score + length_bonus * num_tokens."""
     lists = body.all_lists()
-    check_count(sum(len(lst.hypotheses) for lst in lists), runtime.settings.max_hypotheses,
+    check_count(sum(len(lst.hypotheses) for lst in lists), runtime.max_hypotheses,
                 "hypotheses")
     texts = unique_texts(lists)
     with runtime.admitted():
-        try:
-            encoded = await runtime.encode(texts, body.truncate, "hypotheses")
-        except TooLong as exc:
-            raise exc.at(body.where(texts[exc.index])) from None
+        encoded = await runtime.encode(texts, body.truncate, lambda i: body.where(texts[i]))
         scores = dict(zip(texts, await unless_client_leaves(request, runtime.score(encoded))))
     weights = runtime.weights(body.lm_weight, body.length_bonus, body.rank_prior)
-    ranked = [RankedList(id=lst.id, hypotheses=rank(lst.hypotheses, scores, weights))
+    ranked = [RankedList(id=lst.id, hypotheses=[RankedHypothesis.of(r) for r in
+                                                rank(lst.hypotheses, scores, weights)])
               for lst in lists]
     return RerankResponse(
-        model=runtime.manifest.name, lm_weight=weights.lm_weight,
+        model=runtime.model_name, lm_weight=weights.lm_weight,
         length_bonus=weights.length_bonus, rank_prior=weights.rank_prior,
         hypotheses=ranked[0].hypotheses if body.lists is None else None,
         lists=ranked if body.lists is not None else None)
@@ -178,26 +177,19 @@ async def rerank(body: RerankRequest, request: Request,
 @v1.post("/tokenize")
 async def tokenize(body: TokenizeRequest, runtime: AuthorizedDep) -> TokenizeResponse:
     """The tokens the model would score, with ids and character offsets; no model run."""
-    check_count(len(body.sentences), runtime.settings.max_sentences, "sentences")
+    check_count(len(body.sentences), runtime.max_sentences, "sentences")
     with runtime.admitted():
         encoded = await runtime.encode(body.sentences, body.truncate)
     results = [TokenizedSentence(tokens=e.tokens, ids=e.ids[e.scored].tolist(), offsets=e.offsets,
                                  num_tokens=e.num_tokens, truncated=e.truncated) for e in encoded]
-    return TokenizeResponse(model=runtime.manifest.name, max_tokens=runtime.tokenizer.max_tokens,
+    return TokenizeResponse(model=runtime.model_name, max_tokens=runtime.max_tokens,
                             results=results)
 
 
 @v1.get("/model")
 async def model(runtime: AuthorizedDep) -> ModelInfo:
     """The manifest (without file names), the variant and execution provider in use."""
-    engine = runtime.engine
-    return ModelInfo(manifest=runtime.manifest.public(), variant=engine.variant,
-                     provider=engine.providers[0] if engine.providers else "unknown",
-                     providers=engine.providers, max_tokens=runtime.tokenizer.max_tokens,
-                     batching=dataclasses.asdict(runtime.limits) if runtime.limits else {},
-                     request_limits=dataclasses.asdict(runtime.request_limits)
-                     if runtime.request_limits else {},
-                     ready=runtime.ready)
+    return runtime.info()
 
 
 probes = APIRouter()

@@ -36,11 +36,11 @@ from service.schemas import (
     CohereResult,
     CohereResultDocument,
     CompatRerankRequest,
-    SentenceScore,
     TeiRank,
     TeiRerankRequest,
 )
-from service.tokenization import Encoded, TooLong
+from service.scoring import Scored
+from service.tokenization import Encoded
 
 compat = APIRouter(responses=_REFUSALS)
 
@@ -57,7 +57,7 @@ def in_text(offsets: Sequence[tuple[int, int]], query: str) -> list[bool]:
     return [a >= start for a, _ in offsets] if query else [True] * len(offsets)
 
 
-def text_score(scored: SentenceScore, query: str) -> float:
+def text_score(scored: Scored, query: str) -> float:
     """-Σ E over the text's tokens; with no query, the /v1/score score itself."""
     if not query:
         return scored.score
@@ -93,19 +93,20 @@ async def rerank(body: Annotated[CompatRerankRequest, Body()], request: Request,
     (``{"id", "model", "results": [{"index", "relevance_score", "document"?}]}``).
     """
     field, texts = _candidates(body)
-    check_count(len(texts), runtime.settings.max_hypotheses, field)
+    check_count(len(texts), runtime.max_hypotheses, field)
     unique = list(dict.fromkeys(texts))  # a text sent twice is scored once
+
+    def place(i: int) -> str:  # where unique[i] first is in the request, as the client wrote it
+        where = f"{field}[{texts.index(unique[i])}]"
+        return f"the query with {where}" if body.query else where
+
     with runtime.admitted():
-        try:
-            encoded = await runtime.encode([joined(body.query, t) for t in unique],
-                                           body.truncate, field)
-        except TooLong as exc:
-            where = f"{field}[{texts.index(unique[exc.index])}]"
-            raise exc.at(f"the query with {where}" if body.query else where) from None
+        encoded = await runtime.encode([joined(body.query, t) for t in unique], body.truncate,
+                                       place)
         empty = _no_room(encoded, unique, body.query)
         if empty is not None:
             raise InvalidInput(
-                f"the query fills all {runtime.tokenizer.max_tokens} tokens the model scores: "
+                f"the query fills all {runtime.max_tokens} tokens the model scores: "
                 f"truncating leaves none of {field}[{texts.index(unique[empty])}]; send a "
                 "shorter query")
         scored = await unless_client_leaves(request, runtime.score(encoded))
@@ -116,7 +117,7 @@ async def rerank(body: Annotated[CompatRerankRequest, Body()], request: Request,
         return [TeiRank(index=i, score=scores[i], text=texts[i] if body.return_text else None)
                 for i in order]
     request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
-    return CohereRerankResponse(id=request_id, model=runtime.manifest.name, results=[
+    return CohereRerankResponse(id=request_id, model=runtime.model_name, results=[
         CohereResult(index=i, relevance_score=scores[i],
                      document=CohereResultDocument(text=texts[i]) if body.return_documents
                      else None)

@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.schemas import UNION_TAGS
+from service.tokenization import TooLong, TooManyChars
 
 
 class ServiceError(Exception):
@@ -154,6 +155,17 @@ def status_of(exc: ServiceError) -> int:
 def error_response(exc: ServiceError) -> JSONResponse:
     return JSONResponse(error_body(exc.type, exc.message), status_code=status_of(exc),
                         headers=exc.headers())
+
+
+def too_long(exc: TooLong, where: str) -> InvalidInput:
+    """The 422 for a text the tokenizer refused (service/tokenization.py), naming its place in
+    the request as the client wrote it: ``sentences[3]``, ``lists[2].hypotheses[0]``."""
+    if isinstance(exc, TooManyChars):
+        return InvalidInput(
+            f"{where} has {exc.chars} characters; at most {exc.max_chars} are tokenized, far "
+            'more than the model scores. Send "truncate": true to score its beginning')
+    return InvalidInput(f"{where} has {exc.num_tokens} tokens, the model scores at most "
+                        f'{exc.max_tokens}; send "truncate": true to cut it')
 
 
 def _location(loc: tuple[Any, ...]) -> str:

@@ -1,6 +1,6 @@
 """Where the CLI's scores come from: the model in this process, or a running service.
 
-Both give :class:`~service.schemas.SentenceScore` objects, in input order, from an iterator of
+Both give :class:`~service.scoring.Scored` objects, in input order, from an iterator of
 texts, holding only a bounded window of them at a time:
 
 - :class:`InProcessScorer` loads an artifact the way the service does (service/engine.py,
@@ -37,9 +37,9 @@ from service.batching import BatchLimits, drain, pad, resolve_limits
 from service.client import AsyncElectricClient, ElectricError
 from service.engine import CUDA, EnergyEngine, OnnxEngine
 from service.schemas import SentenceScore
-from service.scoring import EMPTY, Weights, sentence_score
+from service.scoring import EMPTY, Scored, Weights, sentence_score
 from service.settings import VariantChoice, default_artifact
-from service.tokenization import Encoded, SentenceTokenizer, TooLong
+from service.tokenization import Encoded, SentenceTokenizer, TooLong, TooManyChars
 
 WINDOW = 256
 """Texts tokenized and batched together in process: bounds memory, and is the sort window."""
@@ -63,6 +63,15 @@ class TextTooLong(TextRefused):
                                f"{max_tokens}; pass --truncate to cut it")
 
 
+class TextTooManyChars(TextRefused):
+    """A text longer than the tokenizer ever takes, and no ``--truncate``."""
+
+    def __init__(self, text: str, chars: int, max_chars: int):
+        super().__init__(text, f"has {chars} characters; at most {max_chars} are tokenized, "
+                               "far more than the model scores; pass --truncate to score its "
+                               "beginning")
+
+
 class TextScorer(Protocol):
     name: str
     """The model's name, as its manifest gives it."""
@@ -72,7 +81,7 @@ class TextScorer(Protocol):
         tune`` writes them): the defaults of service/scoring.py ``resolve_weights``."""
         ...
 
-    def stream(self, texts: Iterable[str], truncate: bool = False) -> Iterator[SentenceScore]:
+    def stream(self, texts: Iterable[str], truncate: bool = False) -> Iterator[Scored]:
         ...
 
     def close(self) -> None: ...
@@ -100,13 +109,15 @@ class InProcessScorer:
     def defaults(self) -> Weights:
         return Weights.of_manifest(self.manifest)
 
-    def stream(self, texts: Iterable[str], truncate: bool = False) -> Iterator[SentenceScore]:
+    def stream(self, texts: Iterable[str], truncate: bool = False) -> Iterator[Scored]:
         for window in _windows(texts, self._window):
             yield from self._score_window(window, truncate)
 
-    def _score_window(self, texts: Sequence[str], truncate: bool) -> list[SentenceScore]:
+    def _score_window(self, texts: Sequence[str], truncate: bool) -> list[Scored]:
         try:
             encoded = self.tokenizer.encode(texts, truncate)
+        except TooManyChars as exc:
+            raise TextTooManyChars(texts[exc.index], exc.chars, exc.max_chars) from None
         except TooLong as exc:
             raise TextTooLong(texts[exc.index], exc.num_tokens, exc.max_tokens) from None
         return self.score_batches(encoded, self.batches(encoded))
@@ -125,10 +136,10 @@ class InProcessScorer:
         return pad([encoded[i].ids for i in batch], self.manifest.tokenizer.pad_id)
 
     def score_batches(self, encoded: Sequence[Encoded],
-                      batches: Iterable[Sequence[int]]) -> list[SentenceScore]:
+                      batches: Iterable[Sequence[int]]) -> list[Scored]:
         """Run each batch of indices through the engine and score its rows; an index in no
         batch scores :data:`EMPTY`."""
-        results: list[SentenceScore] = [EMPTY] * len(encoded)
+        results: list[Scored] = [EMPTY] * len(encoded)
         for batch in batches:
             energies = self.engine.run(*self.padded(encoded, batch))  # (B, T)
             for row, i in enumerate(batch):
@@ -164,10 +175,10 @@ class RemoteScorer:
     def defaults(self) -> Weights:
         return self._defaults
 
-    def stream(self, texts: Iterable[str], truncate: bool = False) -> Iterator[SentenceScore]:
+    def stream(self, texts: Iterable[str], truncate: bool = False) -> Iterator[Scored]:
         # The loop only runs while we wait on the oldest request, which is enough: the other
         # requests in flight progress meanwhile, and the caller's work between is brief.
-        inflight: deque[asyncio.Task[list[SentenceScore]]] = deque()
+        inflight: deque[asyncio.Task[list[Scored]]] = deque()
         try:
             for window in _windows(texts, self._request_size):
                 inflight.append(self._loop.create_task(self._score(window, truncate)))
@@ -181,7 +192,7 @@ class RemoteScorer:
             if inflight:
                 self._loop.run_until_complete(asyncio.gather(*inflight, return_exceptions=True))
 
-    async def _score(self, texts: Sequence[str], truncate: bool) -> list[SentenceScore]:
+    async def _score(self, texts: Sequence[str], truncate: bool) -> list[Scored]:
         todo = [t for t in texts if t.strip()]
         if not todo:
             return [EMPTY] * len(texts)
@@ -198,13 +209,18 @@ class RemoteScorer:
                 raise TextRefused(todo[int(refused.group(1))], "was refused by the service: "
                                   + _REFUSED.sub("", exc.message, count=1)) from None
             raise
-        it = iter(response.results)
+        it = map(_scored, response.results)
         return [next(it) if t.strip() else EMPTY for t in texts]
 
     def close(self) -> None:
         if not self._loop.is_closed():
             self._loop.run_until_complete(self._client.aclose())
             self._loop.close()
+
+
+def _scored(s: SentenceScore) -> Scored:
+    return Scored(score=s.score, num_tokens=s.num_tokens, tokens=s.tokens, energies=s.energies,
+                  offsets=s.offsets, truncated=s.truncated)
 
 
 def add_scorer_arguments(p: argparse.ArgumentParser) -> None:

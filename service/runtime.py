@@ -12,10 +12,10 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -24,13 +24,13 @@ from service.artifact import ArtifactError, Manifest, RankPrior, load_manifest
 from service.batcher import Batcher
 from service.batching import BatchLimits, resolve_limits
 from service.engine import CUDA, EnergyEngine, OnnxEngine, warm_up
-from service.errors import DeadlineExceeded, NotReady, PayloadTooLarge, ServiceError
+from service.errors import DeadlineExceeded, NotReady, PayloadTooLarge, ServiceError, too_long
 from service.metrics import Metrics
 from service.request_context import current_timing
-from service.schemas import SentenceScore
-from service.scoring import EMPTY, Weights, resolve_weights, sentence_score
+from service.schemas import ModelInfo
+from service.scoring import EMPTY, Scored, Weights, resolve_weights, sentence_score
 from service.settings import Settings
-from service.tokenization import Encoded, SentenceTokenizer
+from service.tokenization import Encoded, SentenceTokenizer, TooLong
 
 logger = logging.getLogger("electric.service")
 
@@ -120,6 +120,37 @@ class Runtime:
         return self._batcher
 
     @property
+    def model_name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def max_tokens(self) -> int:
+        """Most scored tokens one text may have."""
+        return self.tokenizer.max_tokens
+
+    @property
+    def max_sentences(self) -> int:
+        """Most sentences one /v1/score or /v1/tokenize request may send (413 past it)."""
+        return self.settings.max_sentences
+
+    @property
+    def max_hypotheses(self) -> int:
+        """Most hypotheses (or texts, documents) one re-ranking request may send (413 past it)."""
+        return self.settings.max_hypotheses
+
+    def info(self) -> ModelInfo:
+        """GET /v1/model: the manifest without file names, the variant and provider running
+        it, and the limits in force."""
+        engine = self.engine
+        return ModelInfo(
+            manifest=self.manifest.public(), variant=engine.variant,
+            provider=engine.providers[0] if engine.providers else "unknown",
+            providers=engine.providers, max_tokens=self.max_tokens,
+            batching=asdict(self.limits) if self.limits else {},
+            request_limits=asdict(self.request_limits) if self.request_limits else {},
+            ready=self.ready)
+
+    @property
     def ready(self) -> bool:
         """Loaded, warmed up, not draining, and the engine not failing batch after batch."""
         batcher = self._batcher
@@ -194,36 +225,45 @@ class Runtime:
         return left
 
     async def encode(self, texts: Sequence[str], truncate: bool,
-                     field: str = "sentences") -> list[Encoded]:
+                     place: Callable[[int], str] | None = None) -> list[Encoded]:
         """Tokenize; a large request in a worker thread so that it cannot stall the event loop.
+        A text the tokenizer refuses is a 422 that names it by ``place(index)``, its place in
+        the request as the client wrote it (the index is into ``texts``; by default
+        ``sentences[index]``).
 
         A short sentence takes tens of microseconds, less than the hop to a thread and back,
         so small requests are tokenized in place. Large ones take turns
         (``tokenize_concurrency`` at once, within their deadline), and after a very large one
         the freed memory goes back to the system.
         """
+        try:
+            return await self._encode_in_turn(texts, truncate)
+        except TooLong as exc:
+            where = place(exc.index) if place else f"sentences[{exc.index}]"
+            raise too_long(exc, where) from None
+
+    async def _encode_in_turn(self, texts: Sequence[str], truncate: bool) -> list[Encoded]:
         chars = sum(len(t) for t in texts)
         if chars <= _INLINE_CHARS:
-            return self.tokenizer.encode(texts, truncate, field)
+            return self.tokenizer.encode(texts, truncate)
         try:
             await asyncio.wait_for(self._tokenizing.acquire(), self._time_left())
         except asyncio.TimeoutError:
             raise DeadlineExceeded("not tokenized within the request deadline of "
                                    f"{self.settings.request_timeout_s:g} s") from None
         try:
-            return await asyncio.to_thread(self._encode, texts, truncate, field, chars)
+            return await asyncio.to_thread(self._encode, texts, truncate, chars)
         finally:
             self._tokenizing.release()
 
-    def _encode(self, texts: Sequence[str], truncate: bool, field: str,
-                chars: int) -> list[Encoded]:
+    def _encode(self, texts: Sequence[str], truncate: bool, chars: int) -> list[Encoded]:
         try:
-            return self.tokenizer.encode(texts, truncate, field)
+            return self.tokenizer.encode(texts, truncate)
         finally:
             if chars >= _TRIM_AFTER_CHARS:
                 memory.trim()
 
-    async def score(self, encoded: Sequence[Encoded]) -> list[SentenceScore]:
+    async def score(self, encoded: Sequence[Encoded]) -> list[Scored]:
         """Scores in input order; texts without tokens score 0 without reaching the engine.
 
         413 for a request with more positions than ``max_request_tokens``; 504 if its deadline

@@ -8,7 +8,8 @@ request) come from Settings and give 413; the handlers check them on admission.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -23,6 +24,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from service.artifact import RankPrior
+
+if TYPE_CHECKING:  # only for annotations: the client imports this module without the core's
+    from service.scoring import Ranked, Scored
 
 # Bounds that keep every combined score finite: with them, base + lm_weight * score +
 # length_bonus * num_tokens cannot overflow a float64 whatever the model returns (energies are
@@ -118,12 +122,28 @@ class Hypothesis(_Request):
         default=0.0, ge=-MAX_BASE_SCORE, le=MAX_BASE_SCORE,
         description="The recogniser's or translator's own log-domain score.")
 
+    @property
+    def given_score(self) -> float | None:
+        """The score the client sent; None for an object without "score", which a rank prior
+        may then stand in for (service/scoring.py ``base_scores``)."""
+        return self.score if "score" in self.model_fields_set else None
+
 
 HypothesisItem = Annotated[
     Annotated[Text, Tag("string-form")] | Annotated[Hypothesis, Tag("object-form")],
     Discriminator(_form, custom_error_type="hypothesis_type",
                   custom_error_message='a hypothesis is a string or an object '
                                        '{"text": ..., "score": ...}')]
+
+
+def text_of(hypothesis: str | Hypothesis) -> str:
+    return hypothesis if isinstance(hypothesis, str) else hypothesis.text
+
+
+def unique_texts(lists: Sequence[HypothesisList]) -> list[str]:
+    """Every distinct hypothesis text, first occurrence first: duplicates are scored once
+    (n-best lists repeat strings that differ only in their alignment or segmentation)."""
+    return list(dict.fromkeys(text_of(h) for lst in lists for h in lst.hypotheses))
 
 
 class HypothesisList(_Request):
@@ -174,7 +194,7 @@ class RerankRequest(_Request):
         """Where ``text`` first occurs, as the client wrote it: ``lists[2].hypotheses[0]``."""
         for i, lst in enumerate(self.all_lists()):
             for j, hyp in enumerate(lst.hypotheses):
-                if (hyp if isinstance(hyp, str) else hyp.text) == text:
+                if text_of(hyp) == text:
                     return f"hypotheses[{j}]" if self.lists is None else f"lists[{i}].hypotheses[{j}]"
         return "a hypothesis"
 
@@ -187,6 +207,11 @@ class SentenceScore(BaseModel):
     offsets: list[tuple[int, int]] = Field(
         description="[start, end) character span of each token in the input string.")
     truncated: bool
+
+    @classmethod
+    def of(cls, scored: Scored) -> SentenceScore:
+        return cls(score=scored.score, num_tokens=scored.num_tokens, tokens=scored.tokens,
+                   energies=scored.energies, offsets=scored.offsets, truncated=scored.truncated)
 
 
 class ScoreResponse(BaseModel):
@@ -216,6 +241,12 @@ class RankedHypothesis(BaseModel):
     combined: float = Field(
         description="base_score + lm_weight * score + length_bonus * num_tokens.")
     num_tokens: int
+
+    @classmethod
+    def of(cls, ranked: Ranked) -> RankedHypothesis:
+        return cls(index=ranked.index, text=ranked.text, score=ranked.score,
+                   base_score=ranked.base_score, combined=ranked.combined,
+                   num_tokens=ranked.num_tokens)
 
 
 class RankedList(BaseModel):

@@ -8,6 +8,10 @@ Re-ranking combines it with the recogniser's own score as in the paper's rescori
 Which weights and rank prior a re-ranking uses is decided in one place, :func:`resolve_weights`
 (for /v1/rerank, ``electric rerank`` in process or with --url, and ``electric tune``), and which
 base scores a list gets in another, :func:`base_scores`.
+
+Results are plain dataclasses (:class:`Scored`, :class:`Ranked`) and nothing here knows HTTP:
+the handlers show them as the response models of service/schemas.py, the CLI writes them as it
+likes.
 """
 
 from __future__ import annotations
@@ -15,18 +19,59 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from service.artifact import Manifest, RankPrior
-from service.schemas import Hypothesis, HypothesisList, RankedHypothesis, SentenceScore
 from service.tokenization import Encoded
 
-EMPTY = SentenceScore(score=0.0, num_tokens=0, tokens=[], energies=[], offsets=[],
-                      truncated=False)
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """One text's score and what it is made of; the HTTP layer shows it as SentenceScore."""
+
+    score: float
+    """-Σ E_t over the scored tokens; higher is better."""
+    num_tokens: int
+    """Scored tokens ([CLS], [SEP] excluded)."""
+    tokens: list[str]
+    energies: list[float]
+    """One per scored token; lower fits its context better."""
+    offsets: list[tuple[int, int]]
+    """[start, end) character span of each scored token in the text."""
+    truncated: bool
+
+
+EMPTY = Scored(score=0.0, num_tokens=0, tokens=[], energies=[], offsets=[], truncated=False)
 """What a text without tokens scores: nothing to sum, so 0 (an empty ASR hypothesis)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """One hypothesis of a re-ranked list; the HTTP layer shows it as RankedHypothesis."""
+
+    index: int
+    """Position in the list as given."""
+    text: str
+    score: float
+    base_score: float
+    combined: float
+    """base_score + lm_weight * score + length_bonus * num_tokens."""
+    num_tokens: int
+
+
+class Candidate(Protocol):
+    """A hypothesis with the base score it was given, if any (a request's object form)."""
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def given_score(self) -> float | None:
+        """None: it carries no base score of its own, so a rank prior may stand in."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -98,12 +143,12 @@ def base_scores(given: Sequence[float | None], prior: RankPrior) -> list[float]:
     return [RANK_PRIORS[prior](r) for r in range(len(given))]
 
 
-def sentence_score(encoded: Encoded, energies: NDArray[np.float32]) -> SentenceScore:
+def sentence_score(encoded: Encoded, energies: NDArray[np.float32]) -> Scored:
     """``energies``: (T,) the engine's row for this sentence, special positions included."""
     if energies.shape != encoded.ids.shape:
         raise ValueError(f"energies {energies.shape} do not match the input {encoded.ids.shape}")
     scored = energies[encoded.scored]  # (num_tokens,)
-    return SentenceScore(
+    return Scored(
         # float64 accumulation: the sum must not depend on how the row was batched.
         score=-float(scored.sum(dtype=np.float64)),
         num_tokens=encoded.num_tokens,
@@ -114,34 +159,18 @@ def sentence_score(encoded: Encoded, energies: NDArray[np.float32]) -> SentenceS
     )
 
 
-def text_of(hypothesis: str | Hypothesis) -> str:
-    return hypothesis if isinstance(hypothesis, str) else hypothesis.text
-
-
-def unique_texts(lists: Sequence[HypothesisList]) -> list[str]:
-    """Every distinct hypothesis text, first occurrence first: duplicates are scored once
-    (n-best lists repeat strings that differ only in their alignment or segmentation)."""
-    return list(dict.fromkeys(text_of(h) for lst in lists for h in lst.hypotheses))
-
-
-def own_score(hypothesis: str | Hypothesis) -> float | None:
-    """The base score a hypothesis carries: none for a string or an object without "score"."""
-    if isinstance(hypothesis, str) or "score" not in hypothesis.model_fields_set:
-        return None
-    return hypothesis.score
-
-
-def rank(hypotheses: Sequence[str | Hypothesis], scores: Mapping[str, SentenceScore],
-         weights: Weights) -> list[RankedHypothesis]:
-    """The list sorted by ``combined``, best first; ties keep the request's order. Base scores
-    as :func:`base_scores` gives them, with ``weights.rank_prior``."""
-    bases = base_scores([own_score(h) for h in hypotheses], weights.rank_prior)
+def rank(hypotheses: Sequence[str | Candidate], scores: Mapping[str, Scored],
+         weights: Weights) -> list[Ranked]:
+    """The list sorted by ``combined``, best first; ties keep the given order. A plain string
+    carries no base score; base scores as :func:`base_scores` gives them, with
+    ``weights.rank_prior``."""
+    texts = [h if isinstance(h, str) else h.text for h in hypotheses]
+    given = [None if isinstance(h, str) else h.given_score for h in hypotheses]
     ranked = []
-    for index, (hyp, base) in enumerate(zip(hypotheses, bases)):
-        text = text_of(hyp)
+    for index, (text, base) in enumerate(zip(texts, base_scores(given, weights.rank_prior))):
         s = scores[text]
         combined = base + weights.lm_weight * s.score + weights.length_bonus * s.num_tokens
-        ranked.append(RankedHypothesis(index=index, text=text, score=s.score, base_score=base,
-                                       combined=combined, num_tokens=s.num_tokens))
+        ranked.append(Ranked(index=index, text=text, score=s.score, base_score=base,
+                             combined=combined, num_tokens=s.num_tokens))
     ranked.sort(key=lambda h: -h.combined)
     return ranked

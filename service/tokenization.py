@@ -20,8 +20,6 @@ import numpy as np
 from numpy.typing import NDArray
 from tokenizers import Encoding, Tokenizer
 
-from service.errors import InvalidInput
-
 # Characters tokenized in one call; at ~600 bytes per token at worst (one token per character)
 # a chunk holds ~40 MiB at its peak, whatever the size of the request.
 CHUNK_CHARS = 1 << 16
@@ -55,35 +53,31 @@ class Encoded:
         return len(self.tokens)
 
 
-class TooLong(InvalidInput):
-    """A text has more tokens than the model takes and the request did not ask to truncate."""
+class TooLong(ValueError):
+    """A text has more tokens than the model takes and the caller did not ask to truncate.
 
-    def __init__(self, index: int, num_tokens: int, max_tokens: int, field: str = "sentences"):
+    It carries the figures and the text's ``index`` in the batch given to
+    :meth:`SentenceTokenizer.encode`; a caller that knows where the text sits in its own input
+    words the refusal for its users (service/errors.py ``too_long`` for HTTP, service/local.py
+    for the CLI).
+    """
+
+    def __init__(self, index: int, num_tokens: int, max_tokens: int):
         self.index, self.num_tokens, self.max_tokens = index, num_tokens, max_tokens
-        super().__init__(
-            f"{field}[{index}] has {num_tokens} tokens, the model scores at most {max_tokens}; "
-            'send "truncate": true to cut it')
-
-    def at(self, where: str) -> InvalidInput:
-        """The same refusal naming the text's place in the request, e.g. ``lists[2].hypotheses[0]``."""
-        return InvalidInput(
-            f"{where} has {self.num_tokens} tokens, the model scores at most {self.max_tokens}; "
-            'send "truncate": true to cut it')
+        self.message = (f"sentences[{index}] has {num_tokens} tokens, the model scores at most "
+                        f"{max_tokens}")
+        super().__init__(self.message)
 
 
 class TooManyChars(TooLong):
-    """A text has more characters than are ever tokenized; refused before tokenizing."""
+    """A text has more characters than are ever tokenized; refused before tokenizing, so it
+    has no token count."""
 
-    def __init__(self, index: int, chars: int, max_chars: int, field: str = "sentences"):
+    def __init__(self, index: int, chars: int, max_chars: int):
         self.index, self.chars, self.max_chars = index, chars, max_chars
-        InvalidInput.__init__(self, self._message(f"{field}[{index}]"))
-
-    def _message(self, where: str) -> str:
-        return (f"{where} has {self.chars} characters; at most {self.max_chars} are tokenized, "
-                'far more than the model scores. Send "truncate": true to score its beginning')
-
-    def at(self, where: str) -> InvalidInput:
-        return InvalidInput(self._message(where))
+        self.message = (f"sentences[{index}] has {chars} characters; at most {max_chars} are "
+                        "tokenized")
+        ValueError.__init__(self, self.message)
 
 
 class SentenceTokenizer:
@@ -115,11 +109,10 @@ class SentenceTokenizer:
         """Most scored tokens one sentence may have."""
         return self.max_length - self._n_special
 
-    def encode(self, texts: Sequence[str], truncate: bool,
-               field: str = "sentences") -> list[Encoded]:
+    def encode(self, texts: Sequence[str], truncate: bool) -> list[Encoded]:
         """Encode a batch; over-long texts are cut when ``truncate`` else raise :class:`TooLong`
         (too many tokens) or :class:`TooManyChars` (too many characters to tokenize at all)."""
-        bounded = [self._bounded(text, i, truncate, field) for i, text in enumerate(texts)]
+        bounded = [self._bounded(text, i, truncate) for i, text in enumerate(texts)]
         out: list[Encoded] = []
         for start, stop in _chunks([len(t) for t in bounded], CHUNK_CHARS):
             encodings = self._tok.encode_batch(bounded[start:stop], add_special_tokens=True)
@@ -128,13 +121,13 @@ class SentenceTokenizer:
                 truncated = len(enc.ids) > self.max_length
                 if truncated:
                     if not truncate:
-                        raise TooLong(i, len(enc.ids) - self._n_special, self.max_tokens, field)
+                        raise TooLong(i, len(enc.ids) - self._n_special, self.max_tokens)
                     enc = self._truncated(bounded[i])
                 out.append(self._encoded(enc, truncated or cut))
             del encodings  # the chunk's tokenizer memory goes before the next one is made
         return out
 
-    def _bounded(self, text: str, index: int, truncate: bool, field: str) -> str:
+    def _bounded(self, text: str, index: int, truncate: bool) -> str:
         """``text`` if it is at most ``max_chars`` long, else its cut beginning or a refusal.
 
         The cut falls on whitespace where there is some, so the last word is whole: the
@@ -145,7 +138,7 @@ class SentenceTokenizer:
         if len(text) <= self.max_chars:
             return text
         if not truncate:
-            raise TooManyChars(index, len(text), self.max_chars, field)
+            raise TooManyChars(index, len(text), self.max_chars)
         head = text[:self.max_chars]
         space = max(head.rfind(" "), head.rfind("\n"), head.rfind("\t"))
         return head[:space] if space > 0 else head

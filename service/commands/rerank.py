@@ -47,8 +47,8 @@ from service.rerank.nbest import (
     read_nbest,
 )
 from service.rerank.tuning import TuningList, choose, corpus_value, nbest_matrix, oracle_value
-from service.schemas import Hypothesis, RankedHypothesis, SentenceScore
-from service.scoring import RANK_PRIORS, Weights, rank, resolve_weights
+from service.schemas import Hypothesis, RankedHypothesis
+from service.scoring import RANK_PRIORS, Scored, Weights, rank, resolve_weights
 from service.scoring import base_scores as _base_scores
 
 CLI_ERRORS = (NbestFormatError, TextRefused, ElectricError, ArtifactError, httpx.HTTPError,
@@ -99,10 +99,10 @@ def base_scores(lst: NbestList, prior: RankPrior) -> list[float]:
 
 
 def score_document(doc: NbestDocument, scorer: TextScorer, truncate: bool,
-                   progress: bool | None) -> dict[str, SentenceScore]:
+                   progress: bool | None) -> dict[str, Scored]:
     """Every distinct hypothesis text's score; a too-long one is an error at its line."""
     texts = list(dict.fromkeys(c.text for lst in doc.lists for c in lst.candidates))
-    scores: dict[str, SentenceScore] = {}
+    scores: dict[str, Scored] = {}
     try:
         with Progress("hypotheses", len(texts), progress) as bar:
             for text, result in zip(texts, scorer.stream(texts, truncate)):
@@ -115,19 +115,22 @@ def score_document(doc: NbestDocument, scorer: TextScorer, truncate: bool,
     return scores
 
 
-def rank_document(doc: NbestDocument, scores: dict[str, SentenceScore],
+def rank_document(doc: NbestDocument, scores: dict[str, Scored],
                   weights: Weights) -> list[list[RankedHypothesis]]:
     """Each list as /v1/rerank ranks it: a hypothesis without a score in the file goes as a
     plain string, so the rank prior applies exactly where the service would apply it."""
     # model_construct: these are the file's own values, already checked by its reader; the
     # request limits that Hypothesis validates (text a client may send) are not theirs to meet.
-    return [rank([c.text if c.base_score is None
-                  else Hypothesis.model_construct(text=c.text, score=c.base_score)
-                  for c in lst.candidates], scores, weights)
-            for lst in doc.lists]
+    out = []
+    for lst in doc.lists:
+        hypotheses = [c.text if c.base_score is None
+                      else Hypothesis.model_construct(text=c.text, score=c.base_score)
+                      for c in lst.candidates]
+        out.append([RankedHypothesis.of(r) for r in rank(hypotheses, scores, weights)])
+    return out
 
 
-def tuning_lists(doc: NbestDocument, scores: dict[str, SentenceScore],
+def tuning_lists(doc: NbestDocument, scores: dict[str, Scored],
                  prior: RankPrior) -> tuple[list[TuningList], list[int]]:
     """The lists with a reference and at least one hypothesis, and their indices in ``doc``."""
     out, where = [], []
@@ -175,7 +178,7 @@ def _weights(args: argparse.Namespace, scorer: TextScorer,
     return resolve_weights(defaults, args.lm_weight, args.length_bonus, args.rank_prior), source
 
 
-def _report(doc: NbestDocument, scores: dict[str, SentenceScore],
+def _report(doc: NbestDocument, scores: dict[str, Scored],
             rankings: Sequence[Sequence[RankedHypothesis]], prior: RankPrior,
             metric_name: str) -> str:
     lists, where = tuning_lists(doc, scores, prior)

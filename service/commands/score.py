@@ -20,10 +20,10 @@ from typing import Any, TextIO
 from service.commands.progress import Progress
 from service.commands.rerank import reports_errors
 from service.local import TextRefused, add_scorer_arguments, open_scorer
-from service.schemas import SentenceScore
+from service.scoring import Scored
 
 
-def format_jsonl(s: SentenceScore, energies: bool) -> str:
+def format_jsonl(s: Scored, energies: bool) -> str:
     row: dict[str, Any] = {"score": s.score, "num_tokens": s.num_tokens}
     if energies:
         row["tokens"], row["energies"] = s.tokens, s.energies
@@ -32,7 +32,7 @@ def format_jsonl(s: SentenceScore, energies: bool) -> str:
     return json.dumps(row, ensure_ascii=False)
 
 
-def format_tsv(s: SentenceScore, energies: bool) -> str:
+def format_tsv(s: Scored, energies: bool) -> str:
     fields = [f"{s.score:.6f}", str(s.num_tokens)]
     if energies:
         fields.append(" ".join(f"{e:.4f}" for e in s.energies))

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from service.schemas import Hypothesis, HypothesisList, SentenceScore
+from service.schemas import Hypothesis, HypothesisList, SentenceScore, unique_texts
 from service.scoring import (
     EMPTY,
     Weights,
@@ -15,7 +15,6 @@ from service.scoring import (
     rank,
     resolve_weights,
     sentence_score,
-    unique_texts,
 )
 from service.tokenization import Encoded
 

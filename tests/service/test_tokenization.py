@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from service import tokenization
+from service.errors import too_long
 from service.tokenization import SentenceTokenizer, TooLong, TooManyChars, _chunks
 
 
@@ -60,7 +61,7 @@ def test_too_long_is_refused_with_value_and_limit(tok: SentenceTokenizer) -> Non
     assert refused.value.index == 1
     assert refused.value.num_tokens == 20 and refused.value.max_tokens == 14
     assert "sentences[1] has 20 tokens" in refused.value.message and "14" in refused.value.message
-    assert "lists[0].hypotheses[3]" in refused.value.at("lists[0].hypotheses[3]").message
+    assert "lists[0].hypotheses[3]" in too_long(refused.value, "lists[0].hypotheses[3]").message
 
 
 def test_truncate_keeps_the_specials(tok: SentenceTokenizer) -> None:
@@ -83,7 +84,7 @@ def test_texts_over_max_chars_are_refused_before_tokenizing(tiny_tokenizer_path:
         tok.encode(["the cat", "!" * 41], truncate=False)
     assert refused.value.index == 1
     assert "sentences[1] has 41 characters; at most 40" in refused.value.message
-    assert "hypotheses[2] has 41" in refused.value.at("hypotheses[2]").message
+    assert "hypotheses[2] has 41" in too_long(refused.value, "hypotheses[2]").message
     assert isinstance(refused.value, TooLong)  # handlers that name the place catch both
 
 

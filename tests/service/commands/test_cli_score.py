@@ -92,6 +92,21 @@ def test_too_long_line_names_file_and_line(tmp_path: Path, tiny_artifact: Path,
                                   "num_tokens": 62, "truncated": True}
 
 
+def test_line_past_the_character_bound_names_file_and_line(
+        tmp_path: Path, tiny_artifact: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before tokenizing (32 characters per scored token, 1984 here): a line, not a
+    traceback, and --truncate scores its beginning."""
+    path = lines_file(tmp_path, ["fine", "!" * 2000])
+    assert main(["score", str(path), "--artifact", str(tiny_artifact), *LOCAL]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:2: the sentence has 2000 characters; at most 1984 are tokenized" in err
+    assert "--truncate" in err and "Traceback" not in err
+    out = tmp_path / "out.jsonl"
+    assert main(["score", str(path), "-o", str(out), "--truncate",
+                 "--artifact", str(tiny_artifact), *LOCAL]) == 0
+    assert read_jsonl(out)[1]["truncated"] is True
+
+
 def test_progress_line_on_stderr() -> None:
     stream = io.StringIO()
     with Progress("sentences", total=10, enabled=True, stream=stream) as bar:
