@@ -62,7 +62,7 @@ def bench_engine(artifact: Path, variant: str, threads: int, sentences: list[str
                  repeats: int = 2) -> dict[str, Any]:
     """The bare engine on the batches the service's policy forms with everything queued:
     the CLI's in-process scorer, with the service's settings, timed at ``engine.run`` alone."""
-    from service.batching import resolve_limits
+    from service.batch_policy import resolve_limits
     from service.engine import CUDA
     from service.local import InProcessScorer
     from service.settings import Settings

@@ -13,7 +13,7 @@ better) and the count of units it summed over.
 - The Kneser-Ney LM (kneser_ney.py) is a scorer as it is.
 
 Sentences are sorted by length and cut into batches under a padded-token budget
-(service/batching.py ``length_batches``), so padding costs little. torch is imported only by the
+(service/batch_policy.py ``length_batches``), so padding costs little. torch is imported only by the
 scorers that need it.
 """
 
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from service.batching import length_batches, pad
+from service.batch_policy import length_batches, pad
 from service.tokenization import Encoded, SentenceTokenizer
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class CachedScorer:
 
 
 def pad_batch(encoded: Sequence[Encoded], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Right-padded (B, T) ids, 1/0 mask (service/batching.py ``pad``) and scored flags."""
+    """Right-padded (B, T) ids, 1/0 mask (service/batch_policy.py ``pad``) and scored flags."""
     ids, mask = pad([e.ids for e in encoded], pad_id)
     scored = np.zeros(ids.shape, dtype=bool)
     for row, e in enumerate(encoded):

@@ -40,7 +40,7 @@ import onnx
 
 from model_export.corpus import read_lines
 from service.artifact import INPUT_NAMES
-from service.batching import pad
+from service.batch_policy import pad
 
 DEFAULT_SENTENCES = 512
 """Calibration sentences drawn from the given files: ~12k tokens, enough for stable plans."""

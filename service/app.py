@@ -1,6 +1,6 @@
 """The FastAPI app: routes of the HTTP API (v1), typed dependencies, the lifespan.
 
-``create_app(settings)`` builds an app and loads nothing; the lifespan starts the Runtime
+``create_app(settings)`` builds an app and loads nothing; the lifespan starts the ModelHost
 (artifact, tokenizer, engine, batcher) and closes it. Handlers admit, await, shape: limits are
 on the schemas and settings, batching is in the batcher, maths is in scoring.
 """
@@ -26,8 +26,8 @@ from service.errors import (
     NotReady,
     PayloadTooLarge,
     error_body,
-    install_error_handlers,
 )
+from service.http_errors import install_error_handlers
 from service.metrics import CONTENT_TYPE
 from service.middleware import (
     ApiKeys,
@@ -37,8 +37,8 @@ from service.middleware import (
     JsonContentType,
     RequestMetrics,
 )
+from service.model_host import ModelHost
 from service.request_context import RequestContext
-from service.runtime import Runtime
 from service.schemas import (
     ErrorBody,
     ModelInfo,
@@ -62,23 +62,23 @@ from service.ui import install_ui
 T = TypeVar("T")
 
 
-async def get_runtime(request: Request) -> Runtime:
-    runtime = request.state.runtime  # set by the lifespan below
-    assert isinstance(runtime, Runtime)
-    return runtime
+async def get_host(request: Request) -> ModelHost:
+    host = request.state.host  # set by the lifespan below
+    assert isinstance(host, ModelHost)
+    return host
 
 
-async def authorized(request: Request) -> Runtime:
-    """The runtime, for a route that wants an API key (when keys are configured). The key is
+async def authorized(request: Request) -> ModelHost:
+    """The host, for a route that wants an API key (when keys are configured). The key is
     checked by the ApiKeys middleware, on every path a route taking this serves, from the
     headers alone: before a request slot is taken or the body read (see build_app)."""
-    return await get_runtime(request)
+    return await get_host(request)
 
 
-async def metrics_reader(request: Request) -> Runtime:
-    """The runtime, for a Prometheus scrape: keyed (by ApiKeys) only with
+async def metrics_reader(request: Request) -> ModelHost:
+    """The host, for a Prometheus scrape: keyed (by ApiKeys) only with
     ``metrics_require_key``."""
-    return await get_runtime(request)
+    return await get_host(request)
 
 
 def _keyed_paths(routers: Sequence[APIRouter]) -> frozenset[str]:
@@ -88,9 +88,9 @@ def _keyed_paths(routers: Sequence[APIRouter]) -> frozenset[str]:
                      and any(dep.call is authorized for dep in route.dependant.dependencies))
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-AuthorizedDep = Annotated[Runtime, Depends(authorized)]
-MetricsReaderDep = Annotated[Runtime, Depends(metrics_reader)]
+HostDep = Annotated[ModelHost, Depends(get_host)]
+AuthorizedDep = Annotated[ModelHost, Depends(authorized)]
+MetricsReaderDep = Annotated[ModelHost, Depends(metrics_reader)]
 
 
 def check_count(count: int, limit: int, what: str) -> None:
@@ -139,57 +139,57 @@ v1 = APIRouter(prefix="/v1", responses=_REFUSALS)
 
 
 @v1.post("/score")
-async def score(body: ScoreRequest, request: Request, runtime: AuthorizedDep) -> ScoreResponse:
+async def score(body: ScoreRequest, request: Request, host: AuthorizedDep) -> ScoreResponse:
     """Per-token energies and the sentence score (-sum of energies) of each sentence."""
-    check_count(len(body.sentences), runtime.max_sentences, "sentences")
-    with runtime.admitted():
-        encoded = await runtime.encode(body.sentences, body.truncate)
+    check_count(len(body.sentences), host.max_sentences, "sentences")
+    with host.admitted():
+        encoded = await host.encode(body.sentences, body.truncate)
         for i, e in enumerate(encoded):
             if not e.num_tokens:  # e.g. only zero-width or combining characters
                 raise InvalidInput(f"sentences[{i}] has no tokens once normalised; /v1/score "
                                    "needs at least one")
-        results = await unless_client_leaves(request, runtime.score(encoded))
-    return ScoreResponse(model=runtime.model_name, results=[SentenceScore.of(s) for s in results])
+        results = await unless_client_leaves(request, host.score(encoded))
+    return ScoreResponse(model=host.model_name, results=[SentenceScore.of(s) for s in results])
 
 
 @v1.post("/rerank", response_model_exclude_none=True)
 async def rerank(body: RerankRequest, request: Request,
-                 runtime: AuthorizedDep) -> RerankResponse:
+                 host: AuthorizedDep) -> RerankResponse:
     """Each n-best list sorted by base_score + lm_weight * score + length_bonus * num_tokens."""
     lists = body.all_lists()
-    check_count(sum(len(lst.hypotheses) for lst in lists), runtime.max_hypotheses,
+    check_count(sum(len(lst.hypotheses) for lst in lists), host.max_hypotheses,
                 "hypotheses")
     texts = unique_texts(lists)
-    with runtime.admitted():
-        encoded = await runtime.encode(texts, body.truncate, lambda i: body.where(texts[i]))
-        scores = dict(zip(texts, await unless_client_leaves(request, runtime.score(encoded))))
-    weights = runtime.weights(body.lm_weight, body.length_bonus, body.rank_prior)
+    with host.admitted():
+        encoded = await host.encode(texts, body.truncate, lambda i: body.where(texts[i]))
+        scores = dict(zip(texts, await unless_client_leaves(request, host.score(encoded))))
+    weights = host.weights(body.lm_weight, body.length_bonus, body.rank_prior)
     ranked = [RankedList(id=lst.id, hypotheses=[RankedHypothesis.of(r) for r in
                                                 rank(lst.hypotheses, scores, weights)])
               for lst in lists]
     return RerankResponse(
-        model=runtime.model_name, lm_weight=weights.lm_weight,
+        model=host.model_name, lm_weight=weights.lm_weight,
         length_bonus=weights.length_bonus, rank_prior=weights.rank_prior,
         hypotheses=ranked[0].hypotheses if body.lists is None else None,
         lists=ranked if body.lists is not None else None)
 
 
 @v1.post("/tokenize")
-async def tokenize(body: TokenizeRequest, runtime: AuthorizedDep) -> TokenizeResponse:
+async def tokenize(body: TokenizeRequest, host: AuthorizedDep) -> TokenizeResponse:
     """The tokens the model would score, with ids and character offsets; no model run."""
-    check_count(len(body.sentences), runtime.max_sentences, "sentences")
-    with runtime.admitted():
-        encoded = await runtime.encode(body.sentences, body.truncate)
+    check_count(len(body.sentences), host.max_sentences, "sentences")
+    with host.admitted():
+        encoded = await host.encode(body.sentences, body.truncate)
     results = [TokenizedSentence(tokens=e.tokens, ids=e.ids[e.scored].tolist(), offsets=e.offsets,
                                  num_tokens=e.num_tokens, truncated=e.truncated) for e in encoded]
-    return TokenizeResponse(model=runtime.model_name, max_tokens=runtime.max_tokens,
+    return TokenizeResponse(model=host.model_name, max_tokens=host.max_tokens,
                             results=results)
 
 
 @v1.get("/model")
-async def model(runtime: AuthorizedDep) -> ModelInfo:
+async def model(host: AuthorizedDep) -> ModelInfo:
     """The manifest (without file names), the variant and execution provider in use."""
-    return runtime.info()
+    return host.info()
 
 
 probes = APIRouter()
@@ -201,41 +201,41 @@ _PROBE_ANSWERS: dict[int | str, dict[str, Any]] = {
 
 
 @probes.get("/healthz", responses=_PROBE_ANSWERS)
-async def healthz(runtime: RuntimeDep) -> Response:
+async def healthz(host: HostDep) -> Response:
     """Liveness: the process answers and its batcher has not died."""
-    if not runtime.alive:
-        return JSONResponse(error_body("not_alive", f"the service is {runtime.state}"), 503)
+    if not host.alive:
+        return JSONResponse(error_body("not_alive", f"the service is {host.state}"), 503)
     return JSONResponse(Status(status="ok").model_dump())
 
 
 @probes.get("/readyz", responses=_PROBE_ANSWERS)
-async def readyz(runtime: RuntimeDep) -> Response:
+async def readyz(host: HostDep) -> Response:
     """Readiness: loaded, warmed up, not draining, engine not failing. Not counted as a
     rejection when 503."""
-    if not await runtime.readiness():
-        return JSONResponse(error_body(NotReady.type, f"the service is {runtime.state}"), 503)
+    if not await host.readiness():
+        return JSONResponse(error_body(NotReady.type, f"the service is {host.state}"), 503)
     return JSONResponse(Status(status="ready").model_dump())
 
 
 @probes.get("/metrics", response_class=PlainTextResponse, responses={401: {
     "description": "Missing or unknown API key (with metrics_require_key)",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}})
-async def metrics(runtime: MetricsReaderDep) -> Response:
+async def metrics(host: MetricsReaderDep) -> Response:
     """Prometheus text format."""
-    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
+    return Response(host.metrics.render(), media_type=CONTENT_TYPE)
 
 
-def build_app(runtime: Runtime) -> FastAPI:
-    """The app around an existing (not yet started) runtime; server.py keeps the runtime to
+def build_app(host: ModelHost) -> FastAPI:
+    """The app around an existing (not yet started) host; server.py keeps the host to
     drain it on SIGTERM."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         try:
-            await runtime.start()  # an ArtifactError here fails start-up, as it should
-            yield {"runtime": runtime}
+            await host.start()  # an ArtifactError here fails start-up, as it should
+            yield {"host": host}
         finally:
-            await runtime.close()
+            await host.close()
 
     app = FastAPI(title="Electric scoring service", version="1",
                   summary="Per-token energies, sentence scores and n-best re-ranking with an "
@@ -243,8 +243,8 @@ def build_app(runtime: Runtime) -> FastAPI:
                   docs_url=None, redoc_url=None,  # served offline by service/docs_ui.py
                   # No trailing-slash redirect: its Location would repeat the client's Host.
                   redirect_slashes=False, lifespan=lifespan)
-    settings = runtime.settings
-    install_error_handlers(app, runtime.metrics.reject)
+    settings = host.settings
+    install_error_handlers(app, host.metrics.reject)
     app.include_router(v1)
     app.include_router(probes)
     from service.compat import compat  # here: compat.py uses this module's dependencies
@@ -258,17 +258,17 @@ def build_app(runtime: Runtime) -> FastAPI:
     app.add_middleware(HeadAsGet)
     app.add_middleware(JsonContentType)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
-                       timeout_s=settings.request_timeout_s, metrics=runtime.metrics,
+                       timeout_s=settings.request_timeout_s, metrics=host.metrics,
                        start_timeout_s=settings.body_start_timeout_s)
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests,
-                       metrics=runtime.metrics, per_peer=settings.max_requests_per_peer)
+                       metrics=host.metrics, per_peer=settings.max_requests_per_peer)
     if settings.api_keys:
         # Before the limits: a keyless request never takes a slot nor has its body read.
         keyed = _keyed_paths((v1, probes, compat))
         if settings.metrics_require_key:
             keyed |= {"/metrics"}
         app.add_middleware(ApiKeys, keys=settings.api_keys, paths=keyed,
-                           metrics=runtime.metrics)
+                           metrics=host.metrics)
     if settings.cors_origins:
         # Outside the limits, so that a browser can read their refusals (and Retry-After).
         app.add_middleware(
@@ -283,10 +283,10 @@ def build_app(runtime: Runtime) -> FastAPI:
     # Outermost but one: every response, refusals included, carries the request id and timing.
     app.add_middleware(RequestContext)
     # Outermost: it also counts and logs what the limits refuse.
-    app.add_middleware(RequestMetrics, metrics=runtime.metrics, access_log=settings.access_log)
+    app.add_middleware(RequestMetrics, metrics=host.metrics, access_log=settings.access_log)
     return app
 
 
 def create_app(settings: Settings | None = None, *, engine: EnergyEngine | None = None) -> FastAPI:
     """A new app serving ``settings.artifact``; ``engine`` replaces its ONNX model (tests)."""
-    return build_app(Runtime(settings or Settings(), engine))
+    return build_app(ModelHost(settings or Settings(), engine))

@@ -1,7 +1,7 @@
 """The asyncio loop around the batching policy: one task, one bounded queue, one engine thread.
 
 Requests add their sequences to the queue and await a future. The loop takes the next batch
-(service/batching.py decides which), runs the engine in a worker thread and hands each request
+(service/batch_policy.py decides which), runs the engine in a worker thread and hands each request
 its rows. Which request goes next is shortest remaining work first: a request of a few short
 sentences is not made to wait behind one of 256 long ones, and requests of equal size go in
 arrival order, which answers the most of them in time when the engine is overloaded (a round
@@ -30,7 +30,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from service.batching import BatchLimits, next_batch, pad, padded_cost
+from service.batch_policy import BatchLimits, next_batch, pad, padded_cost
 from service.engine import EnergyEngine
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from service.metrics import Metrics
@@ -43,7 +43,7 @@ Energies = NDArray[np.float32]
 # until a batch succeeds). One bad batch can be one bad input; three in a row rarely are.
 FAILING_AFTER = 3
 # After waiting this share of its deadline a request goes before smaller ones. The request
-# limit leaves it the other half at the full engine (service/runtime.py _REQUEST_SHARE).
+# limit leaves it the other half at the full engine (service/model_host.py _REQUEST_SHARE).
 AGED_AFTER = 0.5
 
 

@@ -83,7 +83,7 @@ def _candidates(body: TeiRerankRequest | CohereRerankRequest) -> tuple[str, list
 
 @compat.post("/rerank", response_model_exclude_none=True)
 async def rerank(body: Annotated[CompatRerankRequest, Body()], request: Request,
-                 runtime: AuthorizedDep) -> list[TeiRank] | CohereRerankResponse:
+                 host: AuthorizedDep) -> list[TeiRank] | CohereRerankResponse:
     """Rank texts by how well each reads after the query (TEI and Cohere request shapes).
 
     The score of a text is -sum of the energies of its tokens in ``query + " " + text`` (the
@@ -93,23 +93,23 @@ async def rerank(body: Annotated[CompatRerankRequest, Body()], request: Request,
     (``{"id", "model", "results": [{"index", "relevance_score", "document"?}]}``).
     """
     field, texts = _candidates(body)
-    check_count(len(texts), runtime.max_hypotheses, field)
+    check_count(len(texts), host.max_hypotheses, field)
     unique = list(dict.fromkeys(texts))  # a text sent twice is scored once
 
     def place(i: int) -> str:  # where unique[i] first is in the request, as the client wrote it
         where = f"{field}[{texts.index(unique[i])}]"
         return f"the query with {where}" if body.query else where
 
-    with runtime.admitted():
-        encoded = await runtime.encode([joined(body.query, t) for t in unique], body.truncate,
+    with host.admitted():
+        encoded = await host.encode([joined(body.query, t) for t in unique], body.truncate,
                                        place)
         empty = _no_room(encoded, unique, body.query)
         if empty is not None:
             raise InvalidInput(
-                f"the query fills all {runtime.max_tokens} tokens the model scores: "
+                f"the query fills all {host.max_tokens} tokens the model scores: "
                 f"truncating leaves none of {field}[{texts.index(unique[empty])}]; send a "
                 "shorter query")
-        scored = await unless_client_leaves(request, runtime.score(encoded))
+        scored = await unless_client_leaves(request, host.score(encoded))
     by_text = {t: text_score(s, body.query) for t, s in zip(unique, scored)}
     scores = [by_text[t] for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -scores[i])[:body.top_n]
@@ -117,7 +117,7 @@ async def rerank(body: Annotated[CompatRerankRequest, Body()], request: Request,
         return [TeiRank(index=i, score=scores[i], text=texts[i] if body.return_text else None)
                 for i in order]
     request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
-    return CohereRerankResponse(id=request_id, model=runtime.model_name, results=[
+    return CohereRerankResponse(id=request_id, model=host.model_name, results=[
         CohereResult(index=i, relevance_score=scores[i],
                      document=CohereResultDocument(text=texts[i]) if body.return_documents
                      else None)

@@ -5,7 +5,7 @@ texts, holding only a bounded window of them at a time:
 
 - :class:`InProcessScorer` loads an artifact the way the service does (service/engine.py,
   service/tokenization.py) and batches each window of texts with the service's own policy
-  (service/batching.py ``drain``): length-sorted within the window, padded cost under the
+  (service/batch_policy.py ``drain``): length-sorted within the window, padded cost under the
   device's token budget. It is the one artifact -> tokenizer -> engine -> scores loop outside
   the service: the evaluation (evaluation/scorers.py) and the engine benchmark
   (bench/service_load.py) run theirs through it, with their own batches.
@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.artifact import load_manifest
-from service.batching import BatchLimits, drain, pad, resolve_limits
+from service.batch_policy import BatchLimits, drain, pad, resolve_limits
 from service.client import AsyncElectricClient, ElectricError
 from service.engine import CUDA, EnergyEngine, OnnxEngine
 from service.schemas import SentenceScore

@@ -28,8 +28,8 @@ from service.errors import (
     PayloadTooLarge,
     ServiceError,
     Unauthorized,
-    error_response,
 )
+from service.http_errors import error_response
 from service.metrics import Metrics
 
 access_logger = logging.getLogger("electric.access")

@@ -7,10 +7,8 @@ access log (service/middleware.py ``RequestMetrics``) reads it.
 
 Timing follows text-embeddings-inference: ``x-total-time`` (always) and ``x-queue-time`` /
 ``x-inference-time`` (when the request reached the engine), whole milliseconds. The batcher
-adds to the :class:`RequestTiming` that :data:`current_timing` holds for the request; a
-contextvar rather than an argument because the batcher sits below the handlers and tasks copy
-the context they start in, so the handler's work reaches the same object without threading it
-through every call.
+adds to the :class:`~service.timing.RequestTiming` that ``current_timing`` holds for the
+request (service/timing.py).
 
 Plain ASGI, like service/middleware.py, so that a client disconnect still reaches the handler.
 """
@@ -20,32 +18,18 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from contextvars import ContextVar
-from dataclasses import dataclass
 
 from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_body
+from service.timing import RequestTiming, current_timing
 
 MAX_REQUEST_ID_CHARS = 128
 # Visible ASCII only: the id is echoed in a header and written to logs, so no spaces, control
 # characters or bytes another tool might read as a separator.
 _SANE_ID = re.compile(rb"[!-~]{1,%d}" % MAX_REQUEST_ID_CHARS)
-
-
-@dataclass(slots=True)
-class RequestTiming:
-    """Seconds one request spent waiting for a batch and in the engine (summed over batches
-    when its sentences were split)."""
-
-    queue_s: float = 0.0
-    inference_s: float = 0.0
-
-
-current_timing: ContextVar[RequestTiming | None] = ContextVar("current_timing", default=None)
-"""The timing of the request being handled; None outside one (the CLI, warm-up, probes)."""
 
 
 def request_id_of(header: bytes | None) -> str:

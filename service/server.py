@@ -42,7 +42,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.middleware import ENDPOINTS
-from service.runtime import Runtime
+from service.model_host import ModelHost
 from service.settings import Settings
 
 # After the drain only idle keep-alive connections remain; uvicorn closes those at once.
@@ -288,9 +288,9 @@ def protocol_for(shared: Connections) -> type[BoundedHeadProtocol]:
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, runtime: Runtime):
+    def __init__(self, config: uvicorn.Config, host: ModelHost):
         super().__init__(config)
-        self._runtime = runtime
+        self._host = host
         self._term_requested = False
         self._drain_task: asyncio.Task[None] | None = None
 
@@ -309,7 +309,7 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain(self) -> None:
         logging.getLogger("electric.service").info("SIGTERM: draining")
-        await self._runtime.drain()
+        await self._host.drain()
         self.should_exit = True
 
 
@@ -332,13 +332,13 @@ def run(settings: Settings | None = None, *, engine: EnergyEngine | None = None)
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.access_log:
         _log_access_as_json_lines()
-    runtime = Runtime(settings, engine)
+    host = ModelHost(settings, engine)
     connections = Connections(settings.max_connections or default_max_connections(),
-                              settings.header_timeout_s, runtime.metrics)
+                              settings.header_timeout_s, host.metrics)
     config = uvicorn.Config(
-        build_app(runtime), host=settings.host, port=settings.port,
+        build_app(host), host=settings.host, port=settings.port,
         # uvicorn's own access log is off: it has no JSON form; ours (service/middleware.py) does.
         log_level=settings.log_level, access_log=False, lifespan="on",
         http=protocol_for(connections),
         timeout_graceful_shutdown=_SHUTDOWN_GRACE_S, server_header=False)
-    DrainingServer(config, runtime).run()
+    DrainingServer(config, host).run()

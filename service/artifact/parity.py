@@ -41,7 +41,7 @@ from service.artifact import (
     verified_variant_path,
 )
 from service.artifact.reference import load_reference
-from service.batching import pad
+from service.batch_policy import pad
 from service.tokenization import SentenceTokenizer
 
 FP32_RTOL = 1e-4

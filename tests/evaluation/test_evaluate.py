@@ -38,7 +38,7 @@ from model_export.export import export_artifact
 from model_export.model import Electric
 from model_export.ngram import NgramCloze
 from service.artifact import load_manifest
-from service.batching import length_batches
+from service.batch_policy import length_batches
 
 
 def tiny_electric() -> Electric:

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.app import build_app
-from service.runtime import Runtime
+from service.model_host import ModelHost
 
 FAKE_MAX_POSITIONS = 32
 
@@ -80,19 +80,19 @@ def _asgi_with_state(app: Any, state: dict[str, Any]) -> Any:
 
 
 @asynccontextmanager
-async def running_app(runtime: Runtime, ready: bool = True) -> AsyncIterator[Any]:
-    """The ASGI app around ``runtime`` with its lifespan entered (and warm-up awaited)."""
-    app = build_app(runtime)
+async def running_app(host: ModelHost, ready: bool = True) -> AsyncIterator[Any]:
+    """The ASGI app around ``host`` with its lifespan entered (and warm-up awaited)."""
+    app = build_app(host)
     async with app.router.lifespan_context(app) as state:
         if ready:
-            await runtime.wait_warm()
+            await host.wait_warm()
         yield _asgi_with_state(app, dict(state or {}))
 
 
 @asynccontextmanager
-async def serving(runtime: Runtime, ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
-    """An AsyncClient talking to an app around ``runtime``, through the app's lifespan."""
-    async with running_app(runtime, ready) as app:
+async def serving(host: ModelHost, ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """An AsyncClient talking to an app around ``host``, through the app's lifespan."""
+    async with running_app(host, ready) as app:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
             yield client

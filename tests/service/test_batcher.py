@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from harness import FakeEngine
 
+from service.batch_policy import BatchLimits
 from service.batcher import Batcher
-from service.batching import BatchLimits
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from service.metrics import Metrics
 

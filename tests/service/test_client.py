@@ -22,7 +22,7 @@ from service.client import (
     RetryPolicy,
     retry_after_s,
 )
-from service.runtime import Runtime
+from service.model_host import ModelHost
 from service.schemas import Hypothesis, HypothesisList, RerankResponse, ScoreResponse
 from service.settings import Settings
 
@@ -62,7 +62,7 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 def with_app(fake_settings: Callable[..., Settings],
              scenario: Callable[[httpx.AsyncBaseTransport], Any]) -> None:
     async def run() -> None:
-        async with running_app(Runtime(fake_settings(), FakeEngine())) as app:
+        async with running_app(ModelHost(fake_settings(), FakeEngine())) as app:
             await scenario(httpx.ASGITransport(app=app))
 
     asyncio.run(run())

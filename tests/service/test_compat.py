@@ -11,7 +11,7 @@ import httpx
 import pytest
 from harness import FakeEngine, error_of, serving
 
-from service.runtime import Runtime
+from service.model_host import ModelHost
 from service.settings import Settings
 
 SETTINGS: dict[str, Any] = {"variant": "fp32", "intra_op_threads": 1}
@@ -19,8 +19,8 @@ QUERY = "the cat"
 TEXTS = ["sat on the mat", "mat the on sat", "sat", "ran to the old house today", "sat on the mat"]
 
 
-def runtime_for(artifact: Path, **overrides: Any) -> Runtime:
-    return Runtime(Settings(artifact=artifact, **{**SETTINGS, **overrides}))
+def host_for(artifact: Path, **overrides: Any) -> ModelHost:
+    return ModelHost(Settings(artifact=artifact, **{**SETTINGS, **overrides}))
 
 
 async def scored(client: httpx.AsyncClient, sentences: list[str]) -> list[dict[str, Any]]:
@@ -38,7 +38,7 @@ def text_part(result: dict[str, Any], query: str) -> float:
 
 def test_tei_form_ranks_by_the_text_score_given_the_query(tiny_artifact: Path) -> None:
     async def scenario() -> None:
-        async with serving(runtime_for(tiny_artifact)) as client:
+        async with serving(host_for(tiny_artifact)) as client:
             response = await client.post("/rerank", json={"query": QUERY, "texts": TEXTS,
                                                           "return_text": True})
             assert response.status_code == 200, response.text
@@ -63,7 +63,7 @@ def test_tei_form_ranks_by_the_text_score_given_the_query(tiny_artifact: Path) -
 
 def test_an_empty_query_scores_as_v1_score(tiny_artifact: Path) -> None:
     async def scenario() -> None:
-        async with serving(runtime_for(tiny_artifact)) as client:
+        async with serving(host_for(tiny_artifact)) as client:
             response = await client.post("/rerank", json={"query": "", "texts": TEXTS[:4],
                                                           "top_n": 2})
             alone = await scored(client, TEXTS[:4])
@@ -80,7 +80,7 @@ def test_cohere_form(tiny_artifact: Path) -> None:
     documents: list[Any] = [TEXTS[0], {"text": TEXTS[1]}, TEXTS[3]]
 
     async def scenario() -> None:
-        async with serving(runtime_for(tiny_artifact)) as client:
+        async with serving(host_for(tiny_artifact)) as client:
             response = await client.post("/rerank", json={
                 "model": "rerank-english-v3.0", "query": QUERY, "documents": documents,
                 "top_n": 2, "return_documents": True}, headers={"x-request-id": "cohere-1"})
@@ -107,7 +107,7 @@ def test_truncation_keeps_the_query_and_cuts_the_text(tiny_artifact: Path) -> No
     long_text = " ".join(["the cat sat on the mat"] * 20)  # 120 tokens, the model takes 62
 
     async def scenario() -> None:
-        async with serving(runtime_for(tiny_artifact)) as client:
+        async with serving(host_for(tiny_artifact)) as client:
             refused = await client.post("/rerank", json={"query": QUERY,
                                                          "texts": ["sat", long_text]})
             cut = await client.post("/rerank", json={"query": QUERY, "texts": [long_text],
@@ -151,7 +151,7 @@ def test_bad_bodies_are_refused_with_the_reason(
         fake_settings: Callable[..., Settings], body: dict[str, Any], status: int,
         words: str) -> None:
     async def scenario() -> httpx.Response:
-        async with serving(Runtime(fake_settings(max_hypotheses=4), FakeEngine())) as client:
+        async with serving(ModelHost(fake_settings(max_hypotheses=4), FakeEngine())) as client:
             return await client.post("/rerank", json=body)
 
     response = asyncio.run(scenario())
@@ -162,7 +162,7 @@ def test_bad_bodies_are_refused_with_the_reason(
 def test_raw_scores_true_and_empty_texts_are_served(
         fake_settings: Callable[..., Settings]) -> None:
     async def scenario() -> httpx.Response:
-        async with serving(Runtime(fake_settings(), FakeEngine())) as client:
+        async with serving(ModelHost(fake_settings(), FakeEngine())) as client:
             return await client.post("/rerank", json={"query": "a cat", "raw_scores": True,
                                                       "texts": ["", "sat"]})
 
@@ -172,8 +172,8 @@ def test_raw_scores_true_and_empty_texts_are_served(
 
 def test_the_api_key_guards_it(fake_settings: Callable[..., Settings]) -> None:
     async def scenario() -> tuple[httpx.Response, httpx.Response]:
-        runtime = Runtime(fake_settings(api_keys=["s3cret"]), FakeEngine())
-        async with serving(runtime) as client:
+        host = ModelHost(fake_settings(api_keys=["s3cret"]), FakeEngine())
+        async with serving(host) as client:
             body = {"query": "a", "texts": ["b"]}
             return (await client.post("/rerank", json=body),
                     await client.post("/rerank", json=body,

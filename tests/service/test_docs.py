@@ -16,7 +16,7 @@ import pytest
 from harness import FakeEngine, error_of, running_app, serving
 
 from service.docs_ui import ASSETS, MEDIA_TYPES
-from service.runtime import Runtime
+from service.model_host import ModelHost
 from service.settings import Settings
 
 
@@ -56,7 +56,7 @@ async def get_all(client: httpx.AsyncClient, paths: list[str]) -> list[httpx.Res
 def test_docs_pages_load_only_local_assets(fake_settings: Callable[..., Settings],
                                            page: str) -> None:
     async def scenario() -> None:
-        async with serving(Runtime(fake_settings(), FakeEngine())) as client:
+        async with serving(ModelHost(fake_settings(), FakeEngine())) as client:
             response = await client.get(page)
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/html")
@@ -84,7 +84,7 @@ def test_every_served_asset_exists_and_nothing_else_is_served(
     assert (ASSETS / "VENDORED.md").is_file()
 
     async def scenario() -> None:
-        async with serving(Runtime(fake_settings(), FakeEngine())) as client:
+        async with serving(ModelHost(fake_settings(), FakeEngine())) as client:
             for path in ("/docs/assets/LICENSE.redoc", "/docs/assets/VENDORED.md",
                          "/docs/assets/..%2F..%2Fapp.py", "/docs/assets/nope.js"):
                 assert error_of(await client.get(path)) == (404, "not_found"), path
@@ -105,7 +105,7 @@ def test_vendored_files_match_their_recorded_checksums() -> None:
 def test_pages_follow_the_root_path(fake_settings: Callable[..., Settings]) -> None:
     """Behind a proxy that serves the app under a prefix, the asset URLs carry it."""
     async def scenario() -> str:
-        async with running_app(Runtime(fake_settings(), FakeEngine())) as app:
+        async with running_app(ModelHost(fake_settings(), FakeEngine())) as app:
             transport = httpx.ASGITransport(app=app, root_path="/electric")
             async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
                 return (await client.get("/docs")).text
@@ -117,7 +117,7 @@ def test_pages_follow_the_root_path(fake_settings: Callable[..., Settings]) -> N
 
 def openapi(settings: Settings) -> dict[str, Any]:
     async def scenario() -> dict[str, Any]:
-        async with serving(Runtime(settings, FakeEngine())) as client:
+        async with serving(ModelHost(settings, FakeEngine())) as client:
             document: dict[str, Any] = (await client.get("/openapi.json")).json()
             return document
 
@@ -163,7 +163,7 @@ def test_request_examples_are_documented_and_served(
     assert all(examples.values()), examples
 
     async def scenario() -> None:
-        async with serving(Runtime(fake_settings(), FakeEngine())) as client:
+        async with serving(ModelHost(fake_settings(), FakeEngine())) as client:
             for name, route in EXAMPLE_ROUTES.items():
                 for example in examples[name] or []:
                     response = await client.post(route, json=example)

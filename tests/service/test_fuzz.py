@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from service.app import build_app
-from service.runtime import Runtime
+from service.model_host import ModelHost
 from service.settings import Settings
 
 MAX_EXAMPLES = 50
@@ -48,7 +48,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 def api(fake_artifact: Path) -> Iterator[schemathesis.BaseSchema]:
     settings_ = Settings(artifact=fake_artifact, warmup=False, max_sentences=8,
                          max_hypotheses=16, max_queue=64, max_body_bytes=4096)
-    app = build_app(Runtime(settings_, FakeEngine()))
+    app = build_app(ModelHost(settings_, FakeEngine()))
     # Loading the schema through the app starts its lifespan (schemathesis keeps it running
     # on its own event-loop thread until shutdown_lifespans).
     config = SchemathesisConfig.from_dict(

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from harness import error_of, metric_value, serving
 
-from service.runtime import Runtime
+from service.model_host import ModelHost
 from service.settings import Settings
 
 # fp32: int8's dynamic activation scales depend on the batch, so only fp32 can promise that a
@@ -22,8 +22,8 @@ WORDS = ["the", "a", "cat", "dog", "sat", "ran", "on", "to", "house", "tree", "r
          "old", "new", "very", "not"]
 
 
-def runtime_for(artifact: Path, **overrides: Any) -> Runtime:
-    return Runtime(Settings(artifact=artifact, **{**SETTINGS, **overrides}))
+def host_for(artifact: Path, **overrides: Any) -> ModelHost:
+    return ModelHost(Settings(artifact=artifact, **{**SETTINGS, **overrides}))
 
 
 async def score_one(client: httpx.AsyncClient, text: str) -> dict[str, Any]:
@@ -35,7 +35,7 @@ async def score_one(client: httpx.AsyncClient, text: str) -> dict[str, Any]:
 
 def test_score_response_shape(tiny_artifact: Path, sentences: list[str]) -> None:
     async def scenario() -> None:
-        async with serving(runtime_for(tiny_artifact)) as client:
+        async with serving(host_for(tiny_artifact)) as client:
             response = await client.post("/v1/score", json={"sentences": ["Café ÜBER the cat"]})
             assert response.status_code == 200
             body = response.json()
@@ -54,7 +54,7 @@ def test_score_response_shape(tiny_artifact: Path, sentences: list[str]) -> None
 def test_json_body_is_read_whatever_the_declared_content_type(tiny_artifact: Path) -> None:
     """``curl -d '{...}'`` declares a form body; the README's first example must still work."""
     async def scenario() -> None:
-        async with serving(runtime_for(tiny_artifact)) as client:
+        async with serving(host_for(tiny_artifact)) as client:
             body = b'{"sentences": ["the cat sat on the mat"]}'
             for content_type in ("application/x-www-form-urlencoded", "text/plain"):
                 response = await client.post("/v1/score", content=body,
@@ -67,7 +67,7 @@ def test_json_body_is_read_whatever_the_declared_content_type(tiny_artifact: Pat
 
 def test_batch_scores_equal_single_scores(tiny_artifact: Path, sentences: list[str]) -> None:
     async def scenario() -> None:
-        async with serving(runtime_for(tiny_artifact)) as client:
+        async with serving(host_for(tiny_artifact)) as client:
             singles = [await score_one(client, s) for s in sentences]
             response = await client.post("/v1/score", json={"sentences": sentences})
             batched = response.json()["results"]
@@ -85,9 +85,9 @@ def test_concurrent_mixed_lengths_all_answered_correctly(tiny_artifact: Path) ->
 
     async def scenario() -> None:
         # A small budget forces many batches, length sorting and split requests.
-        runtime = runtime_for(tiny_artifact, max_batch_tokens=256, max_batch_size=8,
+        host = host_for(tiny_artifact, max_batch_tokens=256, max_batch_size=8,
                               sort_window=16)
-        async with serving(runtime) as client:
+        async with serving(host) as client:
             singles = {t: (await score_one(client, t))["score"] for t in set(texts)}
             requests = [texts[i:i + 3] for i in range(0, len(texts), 3)]
             responses = await asyncio.gather(*(
@@ -104,7 +104,7 @@ def test_concurrent_mixed_lengths_all_answered_correctly(tiny_artifact: Path) ->
 
 def test_rerank_one_list_and_many(tiny_artifact: Path) -> None:
     async def scenario() -> None:
-        async with serving(runtime_for(tiny_artifact)) as client:
+        async with serving(host_for(tiny_artifact)) as client:
             scores = {t: (await score_one(client, t))["score"]
                       for t in ["the cat sat", "the cat sat on the mat", "a dog"]}
             one = await client.post("/v1/rerank", json={
@@ -150,7 +150,7 @@ def test_rerank_one_list_and_many(tiny_artifact: Path) -> None:
 
 def test_tokenize_model_and_probes(tiny_artifact: Path) -> None:
     async def scenario() -> None:
-        async with serving(runtime_for(tiny_artifact)) as client:
+        async with serving(host_for(tiny_artifact)) as client:
             tok = (await client.post("/v1/tokenize", json={"sentences": ["The cat", ""]})).json()
             assert tok["results"][0]["tokens"] == ["the", "cat"]
             assert tok["results"][0]["offsets"] == [[0, 3], [4, 7]]
@@ -171,7 +171,7 @@ def test_invalid_input_is_422_with_the_error_shape(tiny_artifact: Path) -> None:
     long_text = "the " * 100
 
     async def scenario() -> None:
-        async with serving(runtime_for(tiny_artifact)) as client:
+        async with serving(host_for(tiny_artifact)) as client:
             cases = [
                 ("/v1/score", {"sentences": ["the cat", "   "]}, "sentences[1]"),
                 ("/v1/score", {"sentences": []}, "sentences"),
@@ -204,9 +204,9 @@ def test_invalid_input_is_422_with_the_error_shape(tiny_artifact: Path) -> None:
 
 def test_size_limits_are_413(tiny_artifact: Path) -> None:
     async def scenario() -> None:
-        runtime = runtime_for(tiny_artifact, max_sentences=4, max_hypotheses=3,
+        host = host_for(tiny_artifact, max_sentences=4, max_hypotheses=3,
                               max_body_bytes=2048)
-        async with serving(runtime) as client:
+        async with serving(host) as client:
             many = await client.post("/v1/score", json={"sentences": ["a"] * 5})
             assert error_of(many) == (413, "payload_too_large")
             assert "5 sentences" in many.json()["error"]["message"] and "4" in many.text
@@ -229,7 +229,7 @@ def test_size_limits_are_413(tiny_artifact: Path) -> None:
 
 def test_metrics_move_with_traffic(tiny_artifact: Path) -> None:
     async def scenario() -> None:
-        async with serving(runtime_for(tiny_artifact)) as client:
+        async with serving(host_for(tiny_artifact)) as client:
             before = (await client.get("/metrics")).text
             assert metric_value(before, "electric_model_info", name="tiny-test", variant="fp32",
                                 provider="CPUExecutionProvider") == 1.0

@@ -21,7 +21,7 @@ from harness import FakeEngine, error_of, eventually, metric_value, running_app,
 from tokenizers import Tokenizer
 
 from service.artifact import ArtifactError, sha256_file
-from service.runtime import Phase, Runtime
+from service.model_host import ModelHost, Phase
 from service.settings import Settings
 
 MakeSettings = Callable[..., Settings]
@@ -33,7 +33,7 @@ async def until_running(engine: FakeEngine) -> None:
 
 def test_scores_follow_the_engine_exactly(fake_settings: MakeSettings) -> None:
     async def scenario() -> None:
-        async with serving(Runtime(fake_settings(), FakeEngine())) as client:
+        async with serving(ModelHost(fake_settings(), FakeEngine())) as client:
             texts = ["the cat sat", "a dog ran to the old house"]
             ids = [r["ids"] for r in (await client.post(
                 "/v1/tokenize", json={"sentences": texts})).json()["results"]]
@@ -48,7 +48,7 @@ def test_full_queue_is_429_with_retry_after(fake_settings: MakeSettings) -> None
     async def scenario() -> None:
         engine = FakeEngine(gated=True)
         settings = fake_settings(max_queue=4, max_sentences=4, max_hypotheses=4)
-        async with serving(Runtime(settings, engine)) as client:
+        async with serving(ModelHost(settings, engine)) as client:
             running = asyncio.ensure_future(client.post("/v1/score", json={"sentences": ["a"]}))
             await until_running(engine)
             queued = asyncio.ensure_future(
@@ -73,7 +73,7 @@ def test_full_queue_is_429_with_retry_after(fake_settings: MakeSettings) -> None
 def test_deadline_in_queue_is_504_and_the_work_is_dropped(fake_settings: MakeSettings) -> None:
     async def scenario() -> None:
         engine = FakeEngine(gated=True)
-        async with serving(Runtime(fake_settings(request_timeout_s=0.2), engine)) as client:
+        async with serving(ModelHost(fake_settings(request_timeout_s=0.2), engine)) as client:
             running = asyncio.ensure_future(client.post("/v1/score", json={"sentences": ["a"]}))
             await until_running(engine)
             late = await client.post("/v1/score", json={"sentences": ["the cat", "the dog"]})
@@ -90,8 +90,8 @@ def test_deadline_in_queue_is_504_and_the_work_is_dropped(fake_settings: MakeSet
 def test_not_ready_until_warm_then_ready(fake_settings: MakeSettings) -> None:
     async def scenario() -> None:
         engine = FakeEngine(gated=True)
-        runtime = Runtime(fake_settings(warmup=True), engine)
-        async with serving(runtime, ready=False) as client:
+        host = ModelHost(fake_settings(warmup=True), engine)
+        async with serving(host, ready=False) as client:
             assert error_of(await client.get("/readyz")) == (503, "not_ready")
             assert "warming up" in (await client.get("/readyz")).text
             refused = await client.post("/v1/score", json={"sentences": ["a"]})
@@ -99,7 +99,7 @@ def test_not_ready_until_warm_then_ready(fake_settings: MakeSettings) -> None:
             assert (await client.get("/healthz")).status_code == 200
             assert (await client.get("/v1/model")).json()["ready"] is False
             engine.gate.set()
-            await runtime.wait_warm()
+            await host.wait_warm()
             assert (await client.get("/readyz")).status_code == 200
             assert (await client.post("/v1/score", json={"sentences": ["a"]})).status_code == 200
 
@@ -108,8 +108,8 @@ def test_not_ready_until_warm_then_ready(fake_settings: MakeSettings) -> None:
 
 def test_failed_warm_up_is_not_ready_and_not_alive(fake_settings: MakeSettings) -> None:
     async def scenario() -> None:
-        runtime = Runtime(fake_settings(warmup=True), FakeEngine(poison_id=0))  # pads are 0
-        async with serving(runtime) as client:
+        host = ModelHost(fake_settings(warmup=True), FakeEngine(poison_id=0))  # pads are 0
+        async with serving(host) as client:
             response = await client.get("/readyz")
             assert error_of(response) == (503, "not_ready") and "failed" in response.text
             # Liveness fails too, so the orchestrator restarts instead of waiting forever.
@@ -121,12 +121,12 @@ def test_failed_warm_up_is_not_ready_and_not_alive(fake_settings: MakeSettings) 
 def test_drain_finishes_admitted_work_and_refuses_new(fake_settings: MakeSettings) -> None:
     async def scenario() -> None:
         engine = FakeEngine(gated=True)
-        runtime = Runtime(fake_settings(), engine)
-        async with serving(runtime) as client:
+        host = ModelHost(fake_settings(), engine)
+        async with serving(host) as client:
             admitted = asyncio.ensure_future(
                 client.post("/v1/score", json={"sentences": ["the cat", "a dog"]}))
             await until_running(engine)
-            drained = asyncio.ensure_future(runtime.drain())
+            drained = asyncio.ensure_future(host.drain())
             await asyncio.sleep(0)
             assert error_of(await client.get("/readyz")) == (503, "not_ready")
             late = await client.post("/v1/score", json={"sentences": ["a"]})
@@ -145,7 +145,7 @@ def test_engine_fault_fails_only_its_batch(fake_settings: MakeSettings,
 
     async def scenario() -> None:
         engine = FakeEngine(poison_id=poison)
-        async with serving(Runtime(fake_settings(max_batch_size=1), engine)) as client:
+        async with serving(ModelHost(fake_settings(max_batch_size=1), engine)) as client:
             for round_ in range(5):  # a fault, then healthy batches, again and again
                 poisoned, healthy = await asyncio.gather(
                     client.post("/v1/score", json={"sentences": ["9"]}),
@@ -172,8 +172,8 @@ def test_a_failing_engine_turns_not_ready_until_a_probe_batch_succeeds(
     it); each /readyz then tries one tiny batch, and the first that succeeds makes it ready."""
     async def scenario() -> None:
         engine = FakeEngine()
-        runtime = Runtime(fake_settings(), engine)
-        async with serving(runtime) as client:
+        host = ModelHost(fake_settings(), engine)
+        async with serving(host) as client:
             engine.failures_left = 5  # a device that fails 5 batches, then recovers
             for _ in range(3):
                 failed = await client.post("/v1/score", json={"sentences": ["the cat"]})
@@ -200,7 +200,7 @@ def test_non_finite_energies_fail_only_the_request_holding_them(
 
     async def scenario() -> None:
         engine = FakeEngine(gated=True, nan_id=nan_id)
-        async with serving(Runtime(fake_settings(), engine)) as client:
+        async with serving(ModelHost(fake_settings(), engine)) as client:
             first = asyncio.ensure_future(client.post("/v1/score", json={"sentences": ["a"]}))
             await until_running(engine)
             # All three queue behind the stalled batch, so they share the next one.
@@ -231,8 +231,8 @@ async def _depth_is(client: httpx.AsyncClient, depth: int) -> bool:
 def test_a_client_that_leaves_gets_its_work_dropped(fake_settings: MakeSettings) -> None:
     async def scenario() -> None:
         engine = FakeEngine(gated=True)
-        runtime = Runtime(fake_settings(), engine)
-        async with running_app(runtime) as app, httpx.AsyncClient(
+        host = ModelHost(fake_settings(), engine)
+        async with running_app(host) as app, httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
             first = asyncio.ensure_future(client.post("/v1/score", json={"sentences": ["a"]}))
             await until_running(engine)
@@ -259,7 +259,7 @@ def test_a_client_that_leaves_gets_its_work_dropped(fake_settings: MakeSettings)
             request = asyncio.ensure_future(app(scope, receive, send))
 
             async def queued() -> bool:
-                return runtime.batcher.depth == 2
+                return host.batcher.depth == 2
 
             await eventually(queued)
             hang_up.set()
@@ -320,13 +320,13 @@ def test_a_broken_artifact_fails_start_up_with_the_reason(
     shutil.copytree(fake_artifact, folder)
     corrupt, reason = CORRUPTIONS[kind]
     corrupt(folder)
-    runtime = Runtime(Settings(artifact=folder, variant="fp32", warmup=False))
+    host = ModelHost(Settings(artifact=folder, variant="fp32", warmup=False))
 
     async def scenario() -> None:
         with pytest.raises(ArtifactError, match=re.escape(reason)):
-            async with running_app(runtime):
+            async with running_app(host):
                 pass
-        assert not runtime.ready
+        assert not host.ready
 
     asyncio.run(scenario())
 
@@ -334,8 +334,8 @@ def test_a_broken_artifact_fails_start_up_with_the_reason(
 def test_a_client_gone_while_sending_its_body_is_counted_as_499(
         fake_settings: MakeSettings) -> None:
     async def scenario() -> None:
-        runtime = Runtime(fake_settings(), FakeEngine())
-        async with running_app(runtime) as app, httpx.AsyncClient(
+        host = ModelHost(fake_settings(), FakeEngine())
+        async with running_app(host) as app, httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
             messages = [{"type": "http.disconnect"},
                         {"type": "http.request", "body": b'{"sent', "more_body": True}]
@@ -365,17 +365,17 @@ def test_a_drain_that_runs_out_of_time_still_answers_everyone(
     not silence, and nothing waits on the stuck engine."""
     async def scenario() -> None:
         engine = FakeEngine(gated=True)
-        runtime = Runtime(fake_settings(drain_timeout_s=0.1), engine)
+        host = ModelHost(fake_settings(drain_timeout_s=0.1), engine)
         try:
-            async with serving(runtime) as client:
+            async with serving(host) as client:
                 running = asyncio.ensure_future(client.post("/v1/score",
                                                             json={"sentences": ["a"]}))
                 await until_running(engine)
                 queued = asyncio.ensure_future(client.post("/v1/score",
                                                            json={"sentences": ["b"]}))
                 await eventually(lambda: _depth_is(client, 1))
-                assert await runtime.drain() is False
-                await runtime.close()  # what the lifespan does next
+                assert await host.drain() is False
+                await host.close()  # what the lifespan does next
                 for response in (await running, await queued):
                     assert error_of(response) == (503, "not_ready")
                     assert "shut down" in response.text
@@ -387,11 +387,11 @@ def test_a_drain_that_runs_out_of_time_still_answers_everyone(
 
 def test_the_ready_gauge_follows_readiness(fake_settings: Callable[..., Settings]) -> None:
     async def scenario() -> None:
-        runtime = Runtime(fake_settings(), FakeEngine())
-        async with serving(runtime) as client:
+        host = ModelHost(fake_settings(), FakeEngine())
+        async with serving(host) as client:
             assert "electric_ready 1.0" in (await client.get("/metrics")).text
-            runtime.phase = Phase.DRAINING
+            host.phase = Phase.DRAINING
             assert "electric_ready 0.0" in (await client.get("/metrics")).text
-            runtime.phase = Phase.READY
+            host.phase = Phase.READY
 
     asyncio.run(scenario())

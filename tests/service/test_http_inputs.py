@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from harness import FakeEngine, error_of, metric_value, serving
 
-from service.runtime import Runtime
+from service.model_host import ModelHost
 from service.settings import Settings
 
 MakeSettings = Callable[..., Settings]
@@ -164,7 +164,7 @@ def _post(client: Any, path: str, body: Any) -> Any:
 def test_bad_input_is_refused_with_the_reason(fake_settings: MakeSettings, path: str, body: Any,
                                               status: int, words: tuple[str, ...]) -> None:
     async def scenario() -> None:
-        async with serving(Runtime(fake_settings(**LIMITS), FakeEngine())) as client:
+        async with serving(ModelHost(fake_settings(**LIMITS), FakeEngine())) as client:
             response = await _post(client, path, body)
             code, type_ = error_of(response)
             assert code == status, response.text
@@ -184,7 +184,7 @@ def test_bad_input_is_refused_with_the_reason(fake_settings: MakeSettings, path:
 @pytest.mark.parametrize("path, body", [row[1:] for row in GOOD], ids=[row[0] for row in GOOD])
 def test_edge_inputs_are_served(fake_settings: MakeSettings, path: str, body: Any) -> None:
     async def scenario() -> None:
-        async with serving(Runtime(fake_settings(**LIMITS), FakeEngine())) as client:
+        async with serving(ModelHost(fake_settings(**LIMITS), FakeEngine())) as client:
             response = await _post(client, path, body)
             assert response.status_code == 200, response.text
 
@@ -202,7 +202,7 @@ def test_a_streamed_body_is_cut_off_at_the_limit(fake_settings: MakeSettings) ->
                 sent += 1000
                 yield b" " * 1000
 
-        async with serving(Runtime(fake_settings(**LIMITS), FakeEngine())) as client:
+        async with serving(ModelHost(fake_settings(**LIMITS), FakeEngine())) as client:
             response = await client.post("/v1/score", content=endless())
             assert error_of(response) == (413, "payload_too_large")
             assert "more than 8192 bytes" in response.json()["error"]["message"]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import httpx
 from harness import FakeEngine, eventually, metric_value, serving
 
-from service.runtime import Runtime
+from service.model_host import ModelHost
 from service.settings import Settings
 
 MakeSettings = Callable[..., Settings]
@@ -38,13 +38,13 @@ def test_a_burst_past_the_queue_is_refused_at_once_and_the_rest_served(
         engine = FakeEngine(gated=True)
         settings = fake_settings(max_queue=64, max_sentences=8, max_hypotheses=8,
                                  max_batch_size=8, max_concurrent_requests=256)
-        runtime = Runtime(settings, engine)
-        async with serving(runtime) as client:
+        host = ModelHost(settings, engine)
+        async with serving(host) as client:
             tasks = [asyncio.ensure_future(_score(client, f"the cat {i % 50}"))
                      for i in range(burst)]
 
             async def all_refused_or_held() -> bool:
-                held = runtime.batcher.depth + (engine.shapes[-1][0] if engine.shapes else 0)
+                held = host.batcher.depth + (engine.shapes[-1][0] if engine.shapes else 0)
                 return sum(t.done() for t in tasks) + held == burst
 
             try:
@@ -81,8 +81,8 @@ def test_sustained_overload_sheds_load_and_memory_returns(fake_settings: MakeSet
         settings = fake_settings(max_queue=32, max_sentences=8, max_hypotheses=8,
                                  max_batch_size=8, request_timeout_s=0.5,
                                  max_concurrent_requests=128)
-        runtime = Runtime(settings, engine)
-        async with serving(runtime) as client:
+        host = ModelHost(settings, engine)
+        async with serving(host) as client:
 
             async def user(i: int) -> list[int]:
                 return [(await _score(client, f"the dog ran {i} {r}")).status_code
@@ -105,7 +105,7 @@ def test_sustained_overload_sheds_load_and_memory_returns(fake_settings: MakeSet
             assert len(statuses) == clients * rounds, "every request is answered"
             assert set(counts) <= SHED, counts
             assert counts[200] > 0 and counts[429] > 0, counts
-            assert runtime.batcher.depth == 0
+            assert host.batcher.depth == 0
             # Nothing of 1,200 requests is kept: not a future, a job, a task or a buffer.
             # (Objects are counted exactly; RSS only moves with the allocator's arenas.)
             assert left < 100, f"{left} objects left behind by the load"

@@ -22,7 +22,7 @@ from harness import serving
 from electric.cli import main
 from service.artifact import RankPrior, load_manifest, write_manifest
 from service.local import InProcessScorer
-from service.runtime import Runtime
+from service.model_host import ModelHost
 from service.settings import Settings
 
 TEXTS = ["the cat sat on the mat", "a dog ran to the house", "the big red tree",
@@ -58,8 +58,8 @@ def served_order(artifact: Path, hypotheses: list[str], prior: RankPrior | None)
         body["rank_prior"] = prior
 
     async def ask() -> dict[str, Any]:
-        runtime = Runtime(Settings(artifact=artifact, variant="fp32", intra_op_threads=1))
-        async with serving(runtime) as client:
+        host = ModelHost(Settings(artifact=artifact, variant="fp32", intra_op_threads=1))
+        async with serving(host) as client:
             response = await client.post("/v1/rerank", json=body)
             assert response.status_code == 200, response.text
             answer: dict[str, Any] = response.json()

@@ -14,14 +14,14 @@ import httpx
 import pytest
 from harness import FakeEngine, error_of, serving
 
+from service.model_host import ModelHost
 from service.request_context import (
     MAX_REQUEST_ID_CHARS,
     RequestContext,
-    current_timing,
     request_id_of,
 )
-from service.runtime import Runtime
 from service.settings import Settings
+from service.timing import current_timing
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 
@@ -38,8 +38,8 @@ def test_sane_ids_are_kept_and_others_replaced() -> None:
 def test_every_response_carries_a_request_id(fake_settings: Callable[..., Settings]) -> None:
     """200s, the handlers' refusals, the router's 404 and the middleware limits' 413."""
     async def scenario() -> None:
-        runtime = Runtime(fake_settings(max_body_bytes=1024), FakeEngine())
-        async with serving(runtime) as client:
+        host = ModelHost(fake_settings(max_body_bytes=1024), FakeEngine())
+        async with serving(host) as client:
             sent = {"x-request-id": "client-chosen-1"}
             answers = [
                 await client.post("/v1/score", json={"sentences": ["the cat"]}, headers=sent),
@@ -60,8 +60,8 @@ def test_every_response_carries_a_request_id(fake_settings: Callable[..., Settin
 def test_a_missing_key_refusal_carries_the_request_id(
         fake_settings: Callable[..., Settings]) -> None:
     async def scenario() -> httpx.Response:
-        runtime = Runtime(fake_settings(api_keys=["k"]), FakeEngine())
-        async with serving(runtime) as client:
+        host = ModelHost(fake_settings(api_keys=["k"]), FakeEngine())
+        async with serving(host) as client:
             return await client.post("/v1/score", json={"sentences": ["a"]},
                                      headers={"x-request-id": "keyless"})
 
@@ -73,8 +73,8 @@ def test_a_missing_key_refusal_carries_the_request_id(
 def test_the_access_log_names_the_request_id(fake_settings: Callable[..., Settings],
                                              caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> list[httpx.Response]:
-        runtime = Runtime(fake_settings(access_log=True, max_body_bytes=1024), FakeEngine())
-        async with serving(runtime) as client:
+        host = ModelHost(fake_settings(access_log=True, max_body_bytes=1024), FakeEngine())
+        async with serving(host) as client:
             return [await client.post("/v1/score", json={"sentences": ["a cat"]},
                                       headers={"x-request-id": "trace-me"}),
                     await client.post("/v1/score", content=b"x" * 2048)]
@@ -90,10 +90,10 @@ def test_the_access_log_names_the_request_id(fake_settings: Callable[..., Settin
 def test_total_time_always_and_engine_times_when_the_request_reached_it(
         fake_settings: Callable[..., Settings]) -> None:
     """x-queue-time / x-inference-time come from the batcher filling ``current_timing``
-    (service/runtime.py passes it to Batcher.score): this test needs that wiring."""
+    (service/model_host.py passes it to Batcher.score): this test needs that wiring."""
     async def scenario() -> None:
-        runtime = Runtime(fake_settings(), FakeEngine(delay_s=0.02))
-        async with serving(runtime) as client:
+        host = ModelHost(fake_settings(), FakeEngine(delay_s=0.02))
+        async with serving(host) as client:
             probe = await client.get("/healthz")
             scored = await client.post("/v1/score", json={"sentences": ["the cat sat"]})
         assert probe.headers["x-total-time"].isdigit()
@@ -159,8 +159,8 @@ def test_gzip_on_request_for_large_bodies_only(fake_settings: Callable[..., Sett
     sentences = [f"the cat {i} sat on the mat" for i in range(200)]
 
     async def scenario() -> None:
-        runtime = Runtime(fake_settings(max_body_bytes=1 << 16), FakeEngine())
-        async with serving(runtime) as client:
+        host = ModelHost(fake_settings(max_body_bytes=1 << 16), FakeEngine())
+        async with serving(host) as client:
             # httpx asks for gzip by default; "identity" is the client that does not.
             plain = await client.post("/v1/score", json={"sentences": sentences},
                                       headers={"accept-encoding": "identity"})
@@ -188,8 +188,8 @@ def test_gzip_on_request_for_large_bodies_only(fake_settings: Callable[..., Sett
 def test_gzip_body_is_standard_gzip(fake_settings: Callable[..., Settings]) -> None:
     """What a client without httpx's decoding gets: a gzip stream of the same JSON."""
     async def scenario() -> tuple[bytes, bytes]:
-        runtime = Runtime(fake_settings(), FakeEngine())
-        async with serving(runtime) as client:
+        host = ModelHost(fake_settings(), FakeEngine())
+        async with serving(host) as client:
             body = {"sentences": [f"the dog {i} ran to the house" for i in range(40)]}
             plain = await client.post("/v1/score", json=body,
                                       headers={"accept-encoding": "identity"})

@@ -29,7 +29,7 @@ from harness import (
 )
 from live_server import server_process
 
-from service.runtime import Runtime
+from service.model_host import ModelHost
 from service.settings import Settings
 
 MakeSettings = Callable[..., Settings]
@@ -40,7 +40,7 @@ BODY = {"sentences": ["a"]}
 def test_api_keys_guard_v1_but_not_probes(fake_settings: MakeSettings) -> None:
     async def scenario() -> None:
         settings = fake_settings(api_keys=f"{KEY},second-key")
-        async with serving(Runtime(settings, FakeEngine())) as client:
+        async with serving(ModelHost(settings, FakeEngine())) as client:
             for path, payload in (("/v1/score", BODY), ("/v1/tokenize", BODY),
                                   ("/v1/rerank", {"hypotheses": ["a"]})):
                 missing = await client.post(path, json=payload)
@@ -68,7 +68,7 @@ def test_api_keys_guard_v1_but_not_probes(fake_settings: MakeSettings) -> None:
 def test_metrics_can_require_a_key(fake_settings: MakeSettings) -> None:
     async def scenario() -> None:
         settings = fake_settings(api_keys=KEY, metrics_require_key=True)
-        async with serving(Runtime(settings, FakeEngine())) as client:
+        async with serving(ModelHost(settings, FakeEngine())) as client:
             assert error_of(await client.get("/metrics")) == (401, "unauthorized")
             scrape = await client.get("/metrics", headers={"authorization": f"Bearer {KEY}"})
             assert scrape.status_code == 200 and "electric_requests_total" in scrape.text
@@ -79,7 +79,7 @@ def test_metrics_can_require_a_key(fake_settings: MakeSettings) -> None:
 
 def test_cors_is_off_by_default(fake_settings: MakeSettings) -> None:
     async def scenario() -> None:
-        async with serving(Runtime(fake_settings(), FakeEngine())) as client:
+        async with serving(ModelHost(fake_settings(), FakeEngine())) as client:
             origin = {"origin": "https://elsewhere.example"}
             response = await client.post("/v1/score", json=BODY, headers=origin)
             assert response.status_code == 200
@@ -97,7 +97,7 @@ def test_cors_admits_only_the_configured_origins(fake_settings: MakeSettings) ->
     async def scenario() -> None:
         settings = fake_settings(cors_origins=f"{app_origin}, https://other.example",
                                  max_body_bytes=1024)
-        async with serving(Runtime(settings, FakeEngine())) as client:
+        async with serving(ModelHost(settings, FakeEngine())) as client:
             preflight = await client.options("/v1/score", headers={
                 "origin": app_origin, "access-control-request-method": "POST",
                 "access-control-request-headers": "authorization, content-type"})
@@ -126,7 +126,7 @@ def test_access_log_is_json_lines_without_bodies_or_secrets(
 
     async def scenario() -> None:
         settings = fake_settings(api_keys=KEY, access_log=True)
-        async with serving(Runtime(settings, FakeEngine())) as client:
+        async with serving(ModelHost(settings, FakeEngine())) as client:
             auth = {"authorization": f"Bearer {KEY}"}
             assert (await client.post("/v1/score?token=query-secret",
                                       json={"sentences": [private]},
@@ -161,9 +161,9 @@ def test_unexpected_errors_keep_internals_from_the_client(
         raise RuntimeError("/srv/secret/path exploded")
 
     async def scenario() -> None:
-        runtime = Runtime(fake_settings(), FakeEngine())
-        monkeypatch.setattr(runtime, "weights", broken)
-        async with running_app(runtime) as app, httpx.AsyncClient(
+        host = ModelHost(fake_settings(), FakeEngine())
+        monkeypatch.setattr(host, "weights", broken)
+        async with running_app(host) as app, httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
                 base_url="http://service") as client:
             response = await client.post("/v1/rerank", json={"hypotheses": ["a"]})
@@ -195,8 +195,8 @@ def test_an_oversized_body_is_refused_before_it_is_read(fake_settings: MakeSetti
         raise AssertionError("the body was read")
 
     async def scenario() -> None:
-        runtime = Runtime(fake_settings(max_body_bytes=1024), FakeEngine())
-        async with running_app(runtime) as app:
+        host = ModelHost(fake_settings(max_body_bytes=1024), FakeEngine())
+        async with running_app(host) as app:
             sent = await _raw(app, [(b"content-length", b"1000000000")], never_read)
             assert sent[0]["status"] == 413
             assert (b"connection", b"close") in sent[0]["headers"]
@@ -212,14 +212,14 @@ def test_past_the_concurrency_limit_posts_get_429_before_their_body_is_read(
 
     async def scenario() -> None:
         engine = FakeEngine(gated=True)
-        runtime = Runtime(fake_settings(max_concurrent_requests=2), engine)
-        async with running_app(runtime) as app, httpx.AsyncClient(
+        host = ModelHost(fake_settings(max_concurrent_requests=2), engine)
+        async with running_app(host) as app, httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
             held = [asyncio.ensure_future(client.post("/v1/score", json=BODY))
                     for _ in range(2)]
 
             async def both_admitted() -> bool:
-                return runtime.batcher.depth + sum(b for b, _ in engine.shapes) == 2
+                return host.batcher.depth + sum(b for b, _ in engine.shapes) == 2
 
             await eventually(both_admitted)
             sent = await _raw(app, [(b"content-length", b"30")], never_read)
@@ -246,8 +246,8 @@ def test_a_stalled_body_times_out_with_408(fake_settings: MakeSettings) -> None:
             await stalled.wait()  # never set: the rest never comes
             raise AssertionError("unreachable")
 
-        runtime = Runtime(fake_settings(request_timeout_s=0.2), FakeEngine())
-        async with running_app(runtime) as app:
+        host = ModelHost(fake_settings(request_timeout_s=0.2), FakeEngine())
+        async with running_app(host) as app:
             sent = await _raw(app, [(b"transfer-encoding", b"chunked")], receive)
             assert sent[0]["status"] == 408
             body = json.loads(sent[1]["body"])

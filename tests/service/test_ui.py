@@ -13,7 +13,7 @@ import httpx
 import pytest
 from harness import FakeEngine, error_of, serving
 
-from service.runtime import Runtime
+from service.model_host import ModelHost
 from service.settings import Settings
 from service.ui import ASSET_PREFIX, CONTENT_SECURITY_POLICY, MEDIA_TYPES, STATIC, load_assets
 
@@ -69,7 +69,7 @@ def run(make: Make, check: Callable[[httpx.AsyncClient], Any], **overrides: Any)
     import asyncio
 
     async def scenario() -> None:
-        async with serving(Runtime(make(**overrides), FakeEngine())) as client:
+        async with serving(ModelHost(make(**overrides), FakeEngine())) as client:
             await check(client)
 
     asyncio.run(scenario())

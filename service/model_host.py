@@ -1,4 +1,4 @@
-"""The running service: artifact, tokenizer, engine and batcher, and the phase they are in.
+"""The model a process serves: artifact, tokenizer, engine and batcher, and the phase they are in.
 
 Built cheaply by ``create_app`` (nothing loads then); ``start`` loads the artifact in the app's
 lifespan, a background warm-up turns it ready, ``drain`` (SIGTERM) stops admitting work and
@@ -21,15 +21,15 @@ import numpy as np
 
 from service import memory
 from service.artifact import ArtifactError, Manifest, RankPrior, load_manifest
+from service.batch_policy import BatchLimits, resolve_limits
 from service.batcher import Batcher
-from service.batching import BatchLimits, resolve_limits
 from service.engine import CUDA, EnergyEngine, OnnxEngine, warm_up
 from service.errors import DeadlineExceeded, NotReady, PayloadTooLarge, ServiceError, too_long
 from service.metrics import Metrics
-from service.request_context import current_timing
 from service.schemas import ModelInfo
 from service.scoring import EMPTY, Scored, Weights, resolve_weights, sentence_score
 from service.settings import Settings
+from service.timing import current_timing
 from service.tokenization import Encoded, SentenceTokenizer, TooLong
 
 logger = logging.getLogger("electric.service")
@@ -72,7 +72,10 @@ class Phase(enum.Enum):
     STOPPED = "stopped"
 
 
-class Runtime:
+class ModelHost:
+    """Hosts one model artifact for the app. (Named for what it does: "runtime" here always
+    means ONNX Runtime.)"""
+
     def __init__(self, settings: Settings, engine: EnergyEngine | None = None):
         """``engine``: run this instead of the artifact's ONNX file (tests inject fakes)."""
         self.settings = settings

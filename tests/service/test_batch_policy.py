@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.batching import (
+from service.batch_policy import (
     BatchLimits,
     drain,
     length_batches,
