@@ -31,7 +31,7 @@ import dataclasses
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -219,12 +219,14 @@ def evaluate(scorers: dict[str, Scorer], eval_dir: Path, *, limit_pairs: int | N
     for name, scorer in cached.items():
         row: dict[str, Any] = {"seconds": {}}
         decisions[name] = {}
-        for measure, data, fn in (("asr", asr, measure_asr), ("zorro", pairs, measure_zorro),
-                                  ("mt", mt, measure_mt)):
+        runs: dict[str, Callable[[Scorer], tuple[dict[str, Any], np.ndarray]]] = {
+            "asr": lambda s: measure_asr(s, asr), "zorro": lambda s: measure_zorro(s, pairs),
+            "mt": lambda s: measure_mt(s, mt)}
+        for measure, run in runs.items():
             if measure not in measures:
                 continue
             t0 = time.perf_counter()
-            row[measure], decisions[name][measure] = fn(scorer, data)  # type: ignore[operator]
+            row[measure], decisions[name][measure] = run(scorer)
             row["seconds"][measure] = round(time.perf_counter() - t0, 2)
         row["seconds"]["total"] = round(sum(row["seconds"].values()), 2)
         row["sentences_scored"] = len(scorer.cache)

@@ -37,7 +37,7 @@ def format_table(results: dict[str, Any]) -> str:
                      _num(r.get("mt", {}).get("pairwise_accuracy")),
                      _num(r["seconds"].get("total"), ".0f")]
                     for name, r in scorers.items()])
-    first = next(iter(scorers.values()), {})
+    first: dict[str, Any] = next(iter(scorers.values()), {})
     notes = []
     if "asr" in first:
         a = first["asr"]

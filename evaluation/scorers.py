@@ -126,7 +126,7 @@ class TorchEnergyScorer(_TorchScorer):
         with torch.inference_mode():
             energies = self.model.energy(torch.from_numpy(ids), torch.from_numpy(mask))  # (B, T)
         e = energies.double().numpy()
-        return (-(e * scored).sum(axis=1)).tolist()
+        return [float(x) for x in -(e * scored).sum(axis=1)]
 
 
 class NoisePLLScorer(_TorchScorer):
@@ -149,7 +149,7 @@ class NoisePLLScorer(_TorchScorer):
                 for i in range(0, len(rows), NOISE_CHUNK_ROWS)]) if len(rows) else torch.zeros(0)
         sums = np.bincount(pos[:, 0].numpy(), weights=logq.double().numpy(),
                            minlength=len(encoded))
-        return sums.tolist()
+        return [float(x) for x in sums]
 
 
 class NgramPLLScorer(_BatchedScorer):
@@ -165,7 +165,7 @@ class NgramPLLScorer(_BatchedScorer):
         pos = np.argwhere(scored)  # (M, 2)
         left, right = self.ngram.neighbours(ids, mask, pos)
         logq = self.ngram.log_prob(left, right, ids[pos[:, 0], pos[:, 1]])
-        return np.bincount(pos[:, 0], weights=logq, minlength=len(encoded)).tolist()
+        return [float(x) for x in np.bincount(pos[:, 0], weights=logq, minlength=len(encoded))]
 
 
 def warm_start_model(folder: Path, seed: int = 0) -> Electric:
@@ -200,8 +200,11 @@ def ngram_cloze_from_corpora(tokenizer_path: Path, corpora: Sequence[Path]) -> N
     tok = Tokenizer.from_file(str(tokenizer_path))
     tok.no_padding()
     tok.no_truncation()
-    specials = [tok.token_to_id(t) for t in ("[CLS]", "[SEP]")]
-    pad = tok.token_to_id("[PAD]")
+    cls, sep, pad = (tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
+    if cls is None or sep is None or pad is None:
+        raise ValueError(f"{tokenizer_path}: a BERT-style vocabulary with [CLS], [SEP] and [PAD] "
+                         "is needed")
+    specials = [cls, sep]
     lines = list(read_lines(corpora))
     sequences = [np.asarray(e.ids, dtype=np.int64)
                  for i in range(0, len(lines), 10_000)

@@ -48,8 +48,9 @@ class SpecialIds:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Tokenizer) -> SpecialIds:
-        ids = {name: tokenizer.token_to_id(name) for name in ("[CLS]", "[SEP]", "[PAD]")}
-        missing = [name for name, i in ids.items() if i is None]
+        names = ("[CLS]", "[SEP]", "[PAD]")
+        ids = {name: i for name in names if (i := tokenizer.token_to_id(name)) is not None}
+        missing = [name for name in names if name not in ids]
         if missing:
             raise ValueError(f"tokenizer has no {missing} token; a BERT-style vocabulary is needed")
         return cls(cls=ids["[CLS]"], sep=ids["[SEP]"], pad=ids["[PAD]"])
@@ -236,6 +237,12 @@ def pack(corpus: TokenizedCorpus, max_len: int) -> PackedSequences:
     ends: list[int] = []
     heldout: list[bool] = []
     doc_of_sequence: list[int] = []
+
+    def close(begin: int, end: int, held: bool) -> None:
+        starts.append(begin)
+        ends.append(end)
+        heldout.append(held)
+
     for d in range(corpus.num_documents):
         held = bool(corpus.heldout[d])
         first = len(starts)
@@ -246,14 +253,14 @@ def pack(corpus: TokenizedCorpus, max_len: int) -> PackedSequences:
                 end = b
                 continue
             if end > begin:
-                starts.append(begin), ends.append(end), heldout.append(held)
+                close(begin, end, held)
             if b - a > room:
-                starts.append(a), ends.append(a + room), heldout.append(held)
+                close(a, a + room, held)
                 begin = end = b
             else:
                 begin, end = a, b
         if end > begin:
-            starts.append(begin), ends.append(end), heldout.append(held)
+            close(begin, end, held)
         doc_of_sequence.extend([d] * (len(starts) - first))
     return PackedSequences(corpus.tokens, np.asarray(starts, np.int64), np.asarray(ends, np.int64),
                            np.asarray(heldout, bool),
