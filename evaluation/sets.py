@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import random
 import re
@@ -158,11 +157,6 @@ def in_tuning_half(item_id: str) -> bool:
     return int.from_bytes(digest, "big") < 2**63
 
 
-def split_by_id(lists: Sequence[AsrList]) -> tuple[list[AsrList], list[AsrList]]:
-    """(tuning half, reporting half), each in file order."""
-    tune = [lst for lst in lists if in_tuning_half(lst.id)]
-    report = [lst for lst in lists if not in_tuning_half(lst.id)]
-    return tune, report
 
 
 def sample_pairs(pairs: Sequence[MinimalPair], limit: int | None, seed: int = 0
@@ -189,15 +183,3 @@ def sample_pairs(pairs: Sequence[MinimalPair], limit: int | None, seed: int = 0
         members = by_paradigm[name]
         chosen += members if share >= len(members) else rng.sample(members, share)
     return [pairs[i] for i in sorted(chosen)]
-
-
-def paradigm_counts(pairs: Sequence[MinimalPair]) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for p in pairs:
-        counts[p.paradigm] += 1
-    return dict(sorted(counts.items()))
-
-
-def standard_error(accuracy: float, n: int) -> float:
-    """Binomial standard error of an accuracy measured on ``n`` independent items."""
-    return math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / n) if n else float("nan")

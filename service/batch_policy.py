@@ -35,11 +35,9 @@ class BatchLimits:
 
 
 # Defaults by device for what the settings leave unset. On a CPU a padded position costs as much
-# as a real one and tokens/s is flat past about four rows (MiniLM int8, 1 thread: 9.3k tokens/s
-# at 4 x 24, 9.4k at 64 x 24), so small batches with little padding cost nothing and keep
-# latency down. On a GPU wide batches are what pays, and padding is cheaper than a narrow batch.
-# `electric bench service`, default model int8, 64 clients on 2 cores: a 15% padding cap gave
-# 77% of the bare engine's tokens/s (mean batch 17, 14% padding), 5% gave 86% (batch 8, 4%).
+# as a real one and tokens/s is flat past a few rows, so small batches with little padding cost
+# nothing and keep latency down. On a GPU wide batches are what pays, and padding is cheaper
+# than a narrow batch. The figures behind both: docs/PERFORMANCE.md.
 AUTO_BATCH_TOKENS = {False: 1024, True: 16384}
 AUTO_MAX_PADDING = {False: 0.05, True: 0.5}
 

@@ -5,11 +5,10 @@ Requests add their sequences to the queue and await a future. The loop takes the
 its rows. Which request goes next is shortest remaining work first: a request of a few short
 sentences is not made to wait behind one of 256 long ones, and requests of equal size go in
 arrival order, which answers the most of them in time when the engine is overloaded (a round
-robin, tried first, made every request equally late: 211 of 496 missed their deadline in
-bench/memory_load.py's mixed load where this order missed 44). A request that has waited half
-its deadline goes first whatever its size, oldest first, so that the large ones that
-``max_request_tokens`` admits are not starved by a stream of small ones. While a batch runs, new work piles up, so the next batch is large exactly when the
-service is busy; when the queue is empty the loop sleeps on an event, never on a timer.
+robin answered fewer: docs/SERVICE.md has the figures). A request that has waited half its
+deadline goes first whatever its size, oldest first, so that the large ones that
+``max_request_tokens`` admits are not starved by a stream of small ones. While a batch runs,
+new work piles up, so the next batch is large exactly when the service is busy; when the queue is empty the loop sleeps on an event, never on a timer.
 Futures are only touched on the loop thread, and a future that is already done (its client
 left, its deadline passed) is skipped, never an error. An engine error fails the batch it hit
 and nothing else; a row of non-finite energies fails the request holding it.
