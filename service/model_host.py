@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -72,6 +73,16 @@ class Phase(enum.Enum):
     STOPPED = "stopped"
 
 
+T = TypeVar("T")
+
+
+def _loaded(part: T | None) -> T:
+    """A part ``start`` sets, or NotReady before it has."""
+    if part is None:
+        raise NotReady("the model is still loading")
+    return part
+
+
 class ModelHost:
     """Hosts one model artifact for the app. (Named for what it does: "runtime" here always
     means ONNX Runtime.)"""
@@ -100,27 +111,19 @@ class ModelHost:
 
     @property
     def manifest(self) -> Manifest:
-        if self._manifest is None:
-            raise NotReady("the model is still loading")
-        return self._manifest
+        return _loaded(self._manifest)
 
     @property
     def tokenizer(self) -> SentenceTokenizer:
-        if self._tokenizer is None:
-            raise NotReady("the model is still loading")
-        return self._tokenizer
+        return _loaded(self._tokenizer)
 
     @property
     def engine(self) -> EnergyEngine:
-        if self._engine is None:
-            raise NotReady("the model is still loading")
-        return self._engine
+        return _loaded(self._engine)
 
     @property
     def batcher(self) -> Batcher:
-        if self._batcher is None:
-            raise NotReady("the model is still loading")
-        return self._batcher
+        return _loaded(self._batcher)
 
     @property
     def model_name(self) -> str:
