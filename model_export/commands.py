@@ -287,8 +287,10 @@ def _add_artifact_flags(p: argparse.ArgumentParser, calibration_default: str) ->
 def register(sub: Any) -> None:
     """Add the model sub-commands to the ``electric`` parser."""
     p = sub.add_parser("train", help="train an Electric model with NCE (needs the export extra)")
+    from model_export.config import TRAIN_PRESETS  # plain dataclasses, no torch
+
     p.add_argument("--preset", default="small",
-                   help="training preset: tiny, small, small_two_tower or base")
+                   help=f"training preset: {', '.join(TRAIN_PRESETS)} (docs/TRAINING.md)")
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--corpora", nargs="+", help="*.txt or *.txt.gz files")
     data.add_argument("--shard", help="a shard from `electric train-shard` (NAME.npz, with "
