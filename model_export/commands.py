@@ -1,4 +1,4 @@
-"""``electric train | export | import | verify``: the model commands.
+"""``electric train | train-shard | export | import | verify``: the model commands.
 
 Nothing here imports torch at module level: the serving CLI registers these sub-commands even
 where only the serving extras are installed, and torch is loaded when one of them runs.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -136,67 +135,6 @@ def _print_export(out: Path, manifest: Any) -> None:
         print("fused ops: " + ", ".join(f"{op} {n}" for op, n in sorted(fused.items())))
 
 
-def _device(args: argparse.Namespace) -> int:
-    """``electric device warm-start | pack | split | join``: the files of a GPU-device run."""
-    from model_export import device_pieces as pieces
-
-    if args.action == "warm-start":
-        import torch
-
-        from model_export.config import MINILM
-        from model_export.warmstart import resolve_warm_start
-
-        source = resolve_warm_start(args.warm_start or MINILM)
-        assert source is not None
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-        out = pieces.write_portable_warm_start(source, Path(args.out), dtype)
-        print(f"wrote {out}: {_mib(out)} MiB")
-    elif args.action == "pack":
-        from model_export.shard import shard_paths
-
-        call_mib = args.call_mib or _call_budget_mib()
-        if call_mib < 2:
-            raise SystemExit(f"--call-mib {call_mib:.1f} must be at least 2")
-        arrays, meta = shard_paths(Path(args.shard))
-        warm = Path(args.warm_start)
-        files = {f"warm/{n}": warm / n for n in pieces.WARM_FILES}
-        files.update({"shard.npz": arrays, "shard.json": meta})
-        lacking = [str(p) for p in files.values() if not p.is_file()]
-        if lacking:
-            raise SystemExit(f"missing {lacking}")
-        folders = pieces.pack_upload(files, Path(args.out), int(call_mib * pieces.MIB))
-        for folder in folders:
-            print(f"{folder}: {_mib(folder)} MiB")
-    elif args.action == "split":
-        index = pieces.split_run(Path(args.run_dir), Path(args.out))
-        print(f"wrote {len(index['pieces'])} pieces and {pieces.INDEX} to {args.out}: "
-              f"{_mib(Path(args.out))} MiB")
-    else:
-        final = pieces.join_run(Path(args.pieces), Path(args.run_dir))
-        print(f"rebuilt {final}; export it with `electric export {final} --out ARTIFACT`")
-    return 0
-
-
-def _call_budget_mib() -> float:
-    """What one device call can carry beside the working tree: its 64 MiB less the files git
-    would send (tracked, and untracked but not ignored) less 2 MiB of slack."""
-    import subprocess
-
-    try:
-        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                                 "--exclude-standard"], capture_output=True, check=True,
-                                timeout=60).stdout.split(b"\0")
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SystemExit(f"could not list the working tree ({exc}); pass --call-mib") from exc
-    paths = [Path(os.fsdecode(name)) for name in listed if name]
-    tree = sum(p.stat().st_size for p in paths if p.is_file())
-    return 64 - tree / 2**20 - 2
-
-
-def _mib(folder: Path) -> str:
-    return f"{sum(p.stat().st_size for p in folder.rglob('*') if p.is_file()) / 2**20:.1f}"
-
-
 def _export(args: argparse.Namespace) -> int:
     _export_checkpoint(Path(args.checkpoint), Path(args.out), args.name, args.variants,
                        _int8_options(args))
@@ -320,28 +258,6 @@ def register(sub: Any) -> None:
     p.add_argument("--cache", help="tokenized-corpora cache to reuse across shards "
                                    "(default: NAME.tokens.npz beside --out)")
     p.set_defaults(func=_train_shard)
-
-    p = sub.add_parser("device", help="carry a training run to a lent GPU machine and back "
-                                      "(docs/TRAINING.md, \"Training on the GPU device\")")
-    actions = p.add_subparsers(dest="action", required=True)
-    a = actions.add_parser("warm-start", help="write the warm start as a small bf16 folder")
-    a.add_argument("--out", required=True)
-    a.add_argument("--warm-start", default="", help="BERT-family folder (default: MiniLM)")
-    a.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
-    a = actions.add_parser("pack", help="cut the warm start and a shard into per-call folders")
-    a.add_argument("--warm-start", required=True, help="the folder `device warm-start` wrote")
-    a.add_argument("--shard", required=True, help="NAME.npz from `electric train-shard`")
-    a.add_argument("--out", required=True, help="e.g. .device/up (git-ignored); replaced")
-    a.add_argument("--call-mib", type=float, default=0.0,
-                   help="most MiB one call may carry (default: 64 less the working tree git "
-                        "would send, less 2; run it in the repository's root)")
-    a = actions.add_parser("split", help="a finished run's export files as pieces for $OUT")
-    a.add_argument("run_dir")
-    a.add_argument("--out", required=True)
-    a = actions.add_parser("join", help="rebuild a run folder from `device split`'s pieces")
-    a.add_argument("pieces")
-    a.add_argument("--run-dir", required=True)
-    p.set_defaults(func=_device)
 
     p = sub.add_parser("export", help="export a training checkpoint to an artifact folder")
     p.add_argument("checkpoint", help="final.safetensors (with config.json beside it)")

@@ -1,9 +1,9 @@
 """A training shard: the packed sequences ``train`` would build from the corpora, in one file.
 
-A GPU lent for minutes has no corpora and no time to tokenize 42M words, so the corpora are
-tokenized and packed here, exactly as ``train`` does (data.load_or_tokenize, data.pack, the
-same held-out hash), and written as ``NAME.npz`` (plain arrays, deflated, no pickle) with ``NAME.json``
-beside it recording where they came from:
+A GPU machine rented for a short run need not hold the corpora nor spend its time tokenizing
+42M words: they are tokenized and packed once, on any machine, exactly as ``train`` does
+(data.load_or_tokenize, data.pack, the same held-out hash), and written as ``NAME.npz`` (plain
+arrays, deflated, no pickle) with ``NAME.json`` beside it recording where they came from:
 
     tokens   (N,) uint16  the sequence bodies back to back, no [CLS]/[SEP] (WordPiece ids < 65,536)
     lengths  (M,) uint16  tokens per sequence

@@ -138,6 +138,24 @@ def test_init_from_continues_a_finished_run(corpus: Path, tiny_tokenizer_path: P
         preset("tiny", init_from=str(tmp_path / "a"), warm_start="minilm")
 
 
+def test_max_minutes_stops_early_and_writes_a_final_that_loads(
+        corpus: Path, tiny_tokenizer_path: Path, tmp_path: Path) -> None:
+    from model_export.checkpoint import load_checkpoint_model
+
+    cfg = preset("tiny", steps=1_000_000, max_minutes=0.02, eval_every=0, ckpt_every=100_000)
+    final = train(cfg, [corpus], tmp_path, tiny_tokenizer_path)
+    facts = json.loads((tmp_path / "config.json").read_text())["training"]
+    stop = facts["stopped_early"]
+    assert 0 < stop["step"] < 1_000_000 and stop["max_minutes"] == 0.02
+    logs = records(tmp_path)
+    assert logs[-1]["step"] == stop["step"] and "heldout_noise_ce" in logs[-1]
+    model, _, _ = load_checkpoint_model(final)
+    weights = load_file(final)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="max_minutes -1"):
+        preset("tiny", max_minutes=-1)
+
+
 def test_ngram_noise_run(corpus: Path, tiny_tokenizer_path: Path, tmp_path: Path) -> None:
     cfg = preset("tiny", noise="ngram", steps=6, log_every=3, eval_every=0, ckpt_every=6)
     train(cfg, [corpus], tmp_path, tiny_tokenizer_path)
