@@ -4,8 +4,14 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Where the CPU build of torch lies (torch-2.13.0+cpu); the test and export locks pin that file.
-TORCH_WHEELS ?= /opt/wheels
+# The test and export locks pin the CPU build of torch (torch==2.13.0+cpu, by its hash), which is
+# not on PyPI (PyPI's torch is a CUDA build). pip finds it through its own configuration: a folder
+# holding the wheel in PIP_FIND_LINKS (or find-links in pip.conf), or PyTorch's CPU index in
+# PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu. uv reads no pip configuration, so
+# `make lock` hands it the same two variables; neither is written into a lock.
+TORCH_SOURCE = $(foreach dir,$(PIP_FIND_LINKS),--find-links $(dir)) \
+	$(if $(PIP_EXTRA_INDEX_URL),$(foreach url,$(PIP_EXTRA_INDEX_URL),--extra-index-url $(url)) \
+		--index-strategy unsafe-best-match)
 # Extra flags for `make lock`: LOCK_ARGS=--upgrade (every package to its newest allowed release)
 # or LOCK_ARGS="--upgrade-package onnxruntime". Without them a re-lock keeps every pin that still
 # satisfies pyproject.toml.
@@ -49,18 +55,22 @@ lint: $(VENV)/.dev-installed
 
 # Re-compile every lock from pyproject.toml (build.txt: from build.in alone) with uv (pinned in the dev extra), then run the tests
 # on the result. test.txt first; the others are constrained to its versions, so a package has one
-# version in every lock. test and export pin the local torch file, so they target this machine's
-# Python 3.11 on x86_64 Linux; serve and gpu (no torch) are universal, for any Python >= 3.11.
+# version in every lock. test and export pin one torch file (cp311, manylinux x86_64), so they
+# target Python 3.11 on x86_64 Linux; serve and gpu (no torch) are universal (Python >= 3.11).
 UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --custom-compile-command "make lock" \
 	$(LOCK_ARGS) pyproject.toml requirements/build.in
-LOCAL_TORCH = --python-version 3.11 --python-platform x86_64-manylinux_2_28 --emit-find-links
-# -c test.txt also brings test.txt's --find-links line (export.txt carries it on from there).
+CPU_TORCH = --python-version 3.11 --python-platform x86_64-manylinux_2_28 $(TORCH_SOURCE)
 PINNED = -c requirements/test.txt
 
+ifneq ($(filter lock,$(MAKECMDGOALS)),)
+ifeq ($(strip $(TORCH_SOURCE)),)
+$(error make lock: uv cannot find torch's CPU build: set PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu or PIP_FIND_LINKS=DIR)
+endif
+endif
+
 lock: $(VENV)/.dev-installed
-	$(UV_COMPILE) --extra cpu --extra export --extra dev $(LOCAL_TORCH) --find-links $(TORCH_WHEELS) \
-		-o requirements/test.txt
-	$(UV_COMPILE) --extra cpu --extra export $(LOCAL_TORCH) $(PINNED) -o requirements/export.txt
+	$(UV_COMPILE) --extra cpu --extra export --extra dev $(CPU_TORCH) -o requirements/test.txt
+	$(UV_COMPILE) --extra cpu --extra export $(CPU_TORCH) $(PINNED) -o requirements/export.txt
 	$(UV_COMPILE) --extra cpu --universal --python-version 3.11 $(PINNED) -o requirements/serve.txt
 	$(UV_COMPILE) requirements/gpu.in --extra gpu --universal --python-version 3.11 $(PINNED) \
 		-o requirements/gpu.txt

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,28 @@ def describe() -> dict[str, Any]:
     except ImportError:
         pass
     return facts
+
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def recorded_path(path: Path) -> str:
+    """``path`` as a results file records it: relative to the repository (``../shared/...`` for
+    a folder beside it), never absolute, so that results name no machine's layout."""
+    return Path(os.path.relpath(path.resolve(), REPOSITORY)).as_posix()
+
+
+def recorded_tree(root: Path) -> str:
+    """The source tree a benchmark started the service from: ``.`` for this checkout, else the
+    commit of the checkout at ``root`` (``git:abc1234``), else its recorded path."""
+    if root.resolve() == REPOSITORY:
+        return "."
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return recorded_path(root)
+    return f"git:{head.stdout.strip()}"
 
 
 def ort_matmul_peak(threads: int, n: int = 1024, int8: bool = False) -> float:

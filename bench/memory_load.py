@@ -31,8 +31,9 @@ from typing import Any
 
 import httpx
 
-from bench import server as bench_server
+from bench import launch
 from bench.launch import Server, proc_status
+from bench.machine import recorded_tree
 
 WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with",
          "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but",
@@ -179,7 +180,7 @@ def mixed(url: str, seconds: float, clients: int = 32) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=bench_server.ROOT,
+    parser.add_argument("--root", type=Path, default=launch.ROOT,
                         help="the tree whose service to start (for a before/after)")
     parser.add_argument("--mixed-s", type=float, default=60.0)
     parser.add_argument("--only", nargs="*",
@@ -188,13 +189,14 @@ def main() -> None:
                         help="also write the figures and every scenario's RSS samples (MiB, 50 ms "
                              "apart) here, e.g. bench/results/memory-after.json")
     args = parser.parse_args()
-    bench_server.ROOT = args.root.resolve()
+    launch.ROOT = args.root.resolve()
+    tree = recorded_tree(args.root)
     artifact = (Path(__file__).resolve().parent.parent / "models" / "electric-minilm")
     runs: dict[str, Callable[[str], dict[str, Any]]] = {
         "bang": bang, "spaces": spaces, "valid_large": valid_large, "largest": largest,
         "mixed": lambda url: mixed(url, args.mixed_s)}
     with Server({"artifact": artifact}) as srv:
-        print(json.dumps({"root": str(args.root), "ready_s": round(srv.ready_s, 1),
+        print(json.dumps({"root": tree, "ready_s": round(srv.ready_s, 1),
                           "rss_ready_mib": round(proc_status(srv.pid, "VmRSS") / 1024)}))
         curves, summaries = {}, []
         for name in args.only:
@@ -203,7 +205,7 @@ def main() -> None:
             summaries.append(result)
             print(json.dumps(result), flush=True)
     if args.samples:  # bench/results/memory-{before,after}.json feed `electric bench plot`
-        args.samples.write_text(json.dumps({"root": str(args.root), "interval_s": 0.05,
+        args.samples.write_text(json.dumps({"root": tree, "interval_s": 0.05,
                                             "scenarios": summaries, "rss_mib": curves}))
 
 

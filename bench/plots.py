@@ -82,7 +82,7 @@ def plot_all(results: Path, out: Path) -> list[Path]:
             ax.set_xlabel("s")
         axes[0].set_ylabel("server RSS, MiB")
         axes[-1].legend(fontsize=7)
-        fig.suptitle("Resident memory during bench/memory_load.py, before and after #15")
+        fig.suptitle("Server RSS during bench/memory_load.py, before and after the request bounds")
         fig.tight_layout()
         written.append(out / "rss.png")
         fig.savefig(written[-1], dpi=110)

@@ -5,7 +5,7 @@ Two references, the same checks (service/artifact/parity.py holds both the check
 - ``stored``, always: the energies the PyTorch fp32 model computed on the built-in reference
   sentences at export (service/artifact/reference.py). This needs neither torch nor the
   checkpoint; the CLI runs service.artifact.parity.verify_reference directly when no checkpoint is given.
-  An artifact without them (exported before issue #13) fails: re-export it.
+  An artifact without them (exported by an early build) fails: re-export it.
 - ``pytorch``, with a checkpoint: the live model on ``sentences``, which also shows that the
   artifact was exported from this checkpoint.
 

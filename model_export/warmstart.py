@@ -7,7 +7,7 @@ copy. Only the embeddings and the encoder are taken: the energy head and the noi
 keep their fresh initialisation. The noise towers read the energy model's token embeddings
 (``Electric.word_embeddings``), so they start from the pre-trained vocabulary too.
 
-Weights are read from safetensors only (DESIGN.md: no pickle); a folder holding only
+Weights are read from safetensors only (no pickle: loading one runs code); a folder holding only
 ``pytorch_model.bin`` is refused with a message saying how to convert it.
 """
 

@@ -47,7 +47,7 @@ def lock_entries(name: str) -> dict[str, tuple[Version, str | None, list[str]]]:
     out: dict[str, tuple[Version, str | None, list[str]]] = {}
     for line in text.splitlines():
         line = line.split(" #")[0].strip()
-        if not line or line.startswith(("#", "--find-links")):
+        if not line or line.startswith(("#", "--")):
             continue
         hashes = re.findall(r"--hash=sha256:([0-9a-f]{64})", line)
         req = Requirement(re.sub(r"\s--hash=\S+", "", line).strip())
@@ -110,7 +110,17 @@ def test_the_test_lock_installs_everything_that_serving_and_export_install(name:
     assert needed <= set(test), f"in {name}.txt, not in test.txt: {sorted(needed - set(test))}"
 
 
-def test_torch_is_the_local_cpu_build_and_only_where_export_needs_it() -> None:
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_no_lock_says_where_to_download_from(name: str) -> None:
+    """Where pip finds a file (a wheel folder, PyTorch's CPU index) is the installing machine's
+    configuration (README "Dependencies"), never a line of the lock: a --find-links or
+    --index-url there would carry one machine's path to every other."""
+    options = [line for line in (REQUIREMENTS / f"{name}.txt").read_text().splitlines()
+               if line.startswith("-") and not line.startswith(("-r", "-c"))]
+    assert not options, f"requirements/{name}.txt carries {options}: drop them"
+
+
+def test_torch_is_the_cpu_build_and_only_where_export_needs_it() -> None:
     for name in ("test", "export"):
         version = lock_entries(name)["torch"][0]
         # A plain 2.13.0 would be PyPI's CUDA build, several GB of nvidia-* packages.

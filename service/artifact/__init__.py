@@ -1,8 +1,8 @@
 """The artifact folder: the one seam between training (model_export/) and serving (service/).
 
 An artifact is a folder holding ``electric.json`` (this module's :class:`Manifest`), a
-Hugging Face ``tokenizers`` file, one ONNX file per variant and, since issue #13,
-``reference.json``: the PyTorch model's energies on a fixed sentence set, which
+Hugging Face ``tokenizers`` file, one ONNX file per variant and (absent only from artifacts of
+early builds) ``reference.json``: the PyTorch model's energies on a fixed sentence set, which
 ``electric verify`` compares every variant with (service/artifact/reference.py). Every ONNX file takes
 ``input_ids`` and ``attention_mask`` (int64, ``[batch, seq]``, right padded) and returns
 ``energies`` (float32, ``[batch, seq]``): one energy per position, lower = fits its context.

@@ -71,9 +71,9 @@ def load_reference(folder: Path, manifest: Manifest) -> list[ReferenceSentence]:
     spec = manifest.reference
     if spec is None:
         raise ArtifactError(
-            f"{folder} has no reference energies ({REFERENCE_FILE}, written by `electric export` "
-            "and `electric import` since issue #13), so its variants cannot be verified: "
-            "re-export it from its checkpoint (or re-import it)")
+            f"{folder} has no reference energies ({REFERENCE_FILE}; an artifact from an early "
+            "build of `electric export` or `electric import`), so its variants cannot be "
+            "verified: re-export it from its checkpoint (or re-import it)")
     path = folder / spec.file
     if not path.is_file():
         raise ArtifactError(f"the manifest pins reference energies {spec.file}, but {folder} "

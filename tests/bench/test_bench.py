@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench.gpu import peak_for
-from bench.machine import encoder_flops_per_token
+from bench.machine import REPOSITORY, encoder_flops_per_token, recorded_path, recorded_tree
 from bench.pll import masked_copies
 from electric.cli import main
 
@@ -29,6 +29,14 @@ def test_masked_copies_masks_each_word_once() -> None:
 def test_flops_per_token_matches_a_hand_count() -> None:
     # 1 layer, H=2, I=4, T=3: 8*4 + 4*2*4 + 4*3*2 = 88, head 2*4 + 2*2 = 12.
     assert encoder_flops_per_token(1, 2, 4, 3) == 100
+
+
+def test_results_record_paths_relative_to_the_repository(tmp_path: Path) -> None:
+    assert recorded_path(REPOSITORY / "models" / "electric-minilm") == "models/electric-minilm"
+    corpus = REPOSITORY.parent / "shared" / "corpora" / "brown.txt.gz"
+    assert recorded_path(corpus) == "../shared/corpora/brown.txt.gz"
+    assert recorded_tree(REPOSITORY) == "."
+    assert not recorded_tree(tmp_path).startswith("/")  # not a checkout: its relative path
 
 
 def test_gpu_peak_lookup_tells_h100_variants_apart() -> None:

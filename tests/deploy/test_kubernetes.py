@@ -5,7 +5,8 @@ kubernetes-validate, strictly (an unknown or misspelt field fails), for an older
 Kubernetes version it knows. CRD kinds (ServiceMonitor) have no schema offline: the test allows
 exactly those, and checks instead that what they reference exists (selector -> Service labels,
 port name -> Service port). The remaining tests check the wiring between objects and the
-contracts the issue sets: probes, drain vs grace period, security context, GPU placement.
+deployment's contracts (docs/DEPLOY.md): probes, drain vs grace period, security context, GPU
+placement.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def test_every_alert_has_a_unit_test() -> None:
     assert sorted(tested) == sorted(rule["alert"] for rule in alert_rules())
 
 
-def test_alerts_cover_the_issue() -> None:
+def test_alerts_cover_latency_errors_saturation_and_readiness() -> None:
     """p99 latency, 429 rate, 5xx rate, queue saturation, not ready."""
     exprs = {rule["alert"]: rule["expr"] for rule in alert_rules()}
     wanted = {"latency": "histogram_quantile(0.99", "429": 'status="429"', "5xx": 'status=~"5.."',

@@ -212,7 +212,7 @@ def test_the_shipped_model_verifies_or_says_why_not(capsys: pytest.CaptureFixtur
         pytest.skip("no embedded model in this checkout")
     code = main(["verify", str(SHIPPED)])
     out, err = capsys.readouterr()
-    if load_manifest(SHIPPED).reference is None:  # exported before issue #13
+    if load_manifest(SHIPPED).reference is None:  # exported by an early build
         assert code == 1 and "no reference energies" in err and "re-export" in err
     else:
         assert code == 0, out + err

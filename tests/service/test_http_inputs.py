@@ -1,9 +1,9 @@
 """Bad input, one case per row: always a 4xx in the one error shape, naming the place, the
 value and the limit; never a 500. A fake engine, so only the HTTP layer is under test.
 
-The rows are the inventory the issue asks for: invalid JSON, wrong types, empty lists, empty or
-blank text, control characters and invalid Unicode, over-long texts, too many texts, oversized
-bodies, non-finite and out-of-range numbers.
+The rows: invalid JSON, wrong types, empty lists, empty or blank text, control characters and
+invalid Unicode, over-long texts, too many texts, oversized bodies, non-finite and out-of-range
+numbers.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A rank prior re-orders alike over HTTP and on the command line (issue #17).
+"""A rank prior re-orders alike over HTTP and on the command line.
 
 A beam-ordered list without scores gets its base scores from its positions
 (service/scoring.py ``base_scores``). The list here is built so that the prior decides the

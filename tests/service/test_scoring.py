@@ -1,4 +1,4 @@
-"""Energies to scores and re-ranking: the conventions of DESIGN.md, checked by hand."""
+"""Energies to scores and re-ranking: the conventions of service/scoring.py, checked by hand."""
 
 from __future__ import annotations
 
