@@ -43,8 +43,10 @@ def _service(args: argparse.Namespace) -> int:
     from bench import service_load
 
     result = service_load.run(args.artifact, args.variant, args.threads, args.sentences,
-                              args.words, args.per_request, args.clients,
-                              batching_off=not args.skip_no_batching)
+                              args.words, args.per_request, args.connections,
+                              duration_s=args.duration, warmup_s=args.warmup,
+                              engine_batches=args.engine_batches, null_engine=args.null_engine,
+                              client=args.client, batching_off=not args.skip_no_batching)
     _emit(result, service_load.report(result), args.json)
     return 0
 
@@ -107,9 +109,22 @@ def register(sub: Any) -> None:
         if name == "service":
             q.add_argument("--sentences", type=int, default=1024)
             q.add_argument("--words", type=int, default=20, help="mean words per sentence")
-            q.add_argument("--per-request", type=int, default=1, help="sentences per request")
-            q.add_argument("--clients", type=_ints, default=(1, 4, 16, 64, 256))
-            q.add_argument("--skip-no-batching", action="store_true")
+            q.add_argument("--per-request", type=_ints, default=(1, 8),
+                           help="sentences per request, one sweep each (default 1,8)")
+            q.add_argument("--connections", type=_ints, default=(1, 16, 64, 256),
+                           help="keep-alive connections of the closed loop (default 1,16,64,256)")
+            q.add_argument("--duration", type=float, default=10.0,
+                           help="seconds of load per point (wrk: whole seconds)")
+            q.add_argument("--warmup", type=float, default=2.0,
+                           help="seconds of load before each point, not counted")
+            q.add_argument("--engine-batches", type=_ints, default=(8, 16, 32, 64),
+                           help="batch sizes of the bare engine (32, the reference, always)")
+            q.add_argument("--null-engine", action="store_true",
+                           help="replace the ONNX call by a no-op: what the stack alone costs")
+            q.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
+                           help="load generator (auto: wrk when installed)")
+            q.add_argument("--skip-no-batching", action="store_true",
+                           help="leave out the point with batching off (max_batch_size 1)")
             q.set_defaults(func=_service)
         else:
             q.add_argument("--repeats", type=int, default=3)

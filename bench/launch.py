@@ -46,12 +46,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+SERVE = ("electric.cli", "serve")
+"""``python -m electric.cli serve``: the service as users run it."""
+NULL_SERVE = ("bench.null_server",)
+"""The same service with the ONNX call replaced by a no-op (bench/null_server.py)."""
+
+
 class Server:
     """``with Server(settings) as s:`` starts the service and waits until /readyz says 200."""
 
-    def __init__(self, settings: dict[str, Any], ready_timeout: float = 120.0):
+    def __init__(self, settings: dict[str, Any], ready_timeout: float = 120.0,
+                 command: tuple[str, ...] = SERVE):
+        """``command``: the module to run with ``python -m`` and its arguments."""
         self.port = free_port()
         self.settings = settings
+        self.command = command
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready_s = float("nan")
@@ -61,8 +70,7 @@ class Server:
                "PYTHONPATH": str(ROOT)}
         env.update({f"ELECTRIC_{k.upper()}": str(v) for k, v in self.settings.items()})
         start = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "electric.cli", "serve"], env=env,
-                                     cwd=ROOT)
+        self.proc = subprocess.Popen([sys.executable, "-m", *self.command], env=env, cwd=ROOT)
         with httpx.Client(base_url=self.url, timeout=5) as probe:
             while time.perf_counter() - start < self.ready_timeout:
                 if self.proc.poll() is not None:

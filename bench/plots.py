@@ -44,26 +44,28 @@ def plot_all(results: Path, out: Path) -> list[Path]:
     service = _load(results, "service")
     if service:
         fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
-        rows = service["batching"]
-        clients = [r["concurrency"] for r in rows]
+        per_request = service["points"][0]["per_request"]
+        rows = [r for r in service["points"] if r["per_request"] == per_request]
+        clients = [r["connections"] for r in rows]
         left.plot(clients, [r["tokens_per_s"] for r in rows], marker="o", label="service")
-        left.axhline(service["engine"]["tokens_per_s"], color="gray", linestyle="--",
-                     label="bare engine")
+        if service["engine"] is not None:
+            left.axhline(service["engine"]["tokens_per_s"], color="gray", linestyle="--",
+                         label=f"bare engine, batch {service['engine']['reference_batch']}")
         for r in service.get("no_batching", []):
-            left.plot([r["concurrency"]], [r["tokens_per_s"]], marker="x", color="red",
+            left.plot([r["connections"]], [r["tokens_per_s"]], marker="x", color="red",
                       linestyle="", label="batching off")
         left.set_xscale("log", base=2)
-        left.set_xlabel("concurrent clients")
+        left.set_xlabel("connections")
         left.set_ylabel("tokens/s")
         left.legend(fontsize=7)
         for q in ("p50", "p95", "p99"):
             right.plot(clients, [r[q] for r in rows], marker="o", label=q)
         right.set_xscale("log", base=2)
         right.set_yscale("log")
-        right.set_xlabel("concurrent clients")
+        right.set_xlabel("connections")
         right.set_ylabel("latency ms")
         right.legend(fontsize=7)
-        fig.suptitle(f"Service, {service['variant']}, {service['sentences_per_request']} "
+        fig.suptitle(f"Service, {service['variant']}, {per_request} "
                      "sentence(s) per request")
         fig.tight_layout()
         written.append(out / "service.png")

@@ -8,7 +8,8 @@ from typing import Any
 
 from bench.launch import Server, proc_status
 from bench.machine import describe
-from bench.service_load import closed_loop, load_sentences
+from bench.python_load import closed_loop
+from bench.service_load import load_sentences
 
 
 def run(artifact: Path, variant: str = "auto", threads: int = 0,
