@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evaluation.evaluate import MEASURES, evaluate
+from evaluation.evaluate import CORE_MEASURES, MEASURES, OPTIONAL_MEASURES, evaluate
 from evaluation.report import format_table, manifest_summary, plot_paradigms
 from evaluation.scorers import Scorer
-from evaluation.sets import EVAL_DIR_VARIABLE, resolve_eval_dir
+from evaluation.sets import EVAL_DIR_VARIABLE, FILES, resolve_eval_dir
 
 
 def _build_scorers(args: argparse.Namespace, folder: Path, eval_dir: Path,
@@ -92,21 +92,34 @@ def _checkpoint_noise(checkpoint: Path) -> dict[str, Scorer]:
 
 def _eval(args: argparse.Namespace) -> int:
     from service.artifact import load_manifest, write_manifest
+    from service.scoring import Weights
 
     folder = Path(args.artifact)
+    given = args.measures is not None
+    measures = args.measures if given else list(CORE_MEASURES)
     if args.plot:  # before the minutes of scoring, not after them
-        if "zorro" not in args.measures:
+        if "zorro" not in measures:
             raise SystemExit("electric eval: --plot draws Zorro's per-paradigm accuracy; "
                              "add zorro to --measures")
         import matplotlib  # noqa: F401  (missing: electric's main() names the extra)
     try:
-        eval_dir = resolve_eval_dir(args.eval_dir, args.measures)
+        eval_dir = resolve_eval_dir(args.eval_dir, measures)
     except FileNotFoundError as exc:
         raise SystemExit(f"electric eval: {exc}") from None
+    if not given:  # an optional set joins where its file is there
+        measures = [m for m in MEASURES if m in measures or (eval_dir / FILES[m]).is_file()]
     setup: dict[str, float] = {}
     scorers, compare = _build_scorers(args, folder, eval_dir, setup)
-    results = evaluate(scorers, eval_dir, limit_pairs=args.limit_pairs, seed=args.seed,
-                       measures=args.measures, compare=compare)
+    shipped = Weights.of_manifest(load_manifest(folder))
+    results = evaluate(
+        scorers,
+        eval_dir,
+        limit_pairs=args.limit_pairs,
+        seed=args.seed,
+        measures=measures,
+        compare=compare,
+        defaults={name: shipped for name in scorers if name.startswith("electric ")},
+    )
     results["artifact"] = str(folder)
     results["setup_seconds"] = {k: round(v, 1) for k, v in setup.items()}
     print(format_table(results))
@@ -116,17 +129,16 @@ def _eval(args: argparse.Namespace) -> int:
         plot_paradigms(results, Path(args.plot))
         print(f"\nwrote {args.plot} (Zorro accuracy per paradigm)")
     if args.update_manifest:
+        # The figures only: the re-ranking defaults come from `electric tune --cross`, which
+        # checks them on every domain; one domain's fit here could harm another.
         main = next(iter(results["scorers"]))
         manifest = load_manifest(folder)
-        evaluation = manifest_summary(results, main)
-        asr = results["scorers"][main].get("asr")
-        if asr:
-            manifest = manifest.with_rerank(asr["lm_weight"], asr["length_bonus"],
-                                            asr["rank_prior"], evaluation)
-        else:
-            manifest = manifest.model_copy(update={"evaluation": evaluation})
-        write_manifest(folder, manifest)
-        print(f"\nwrote the figures of {main!r} and its tuned weights into {folder}/electric.json")
+        evaluation = {**manifest.evaluation, **manifest_summary(results, main)}
+        write_manifest(folder, manifest.model_copy(update={"evaluation": evaluation}))
+        print(
+            f"\nwrote the figures of {main!r} into {folder}/electric.json (its rerank "
+            "defaults stay as they are: electric tune --cross sets them)"
+        )
     return 0
 
 
@@ -149,30 +161,60 @@ def _measure_list(text: str) -> list[str]:
 
 def register(sub: Any) -> None:
     """Add ``electric eval`` to the ``electric`` parser."""
-    p = sub.add_parser("eval", help="measure an artifact on the dev sets (ASR, Zorro, MT), "
-                                    "optionally beside the baselines")
+    p = sub.add_parser(
+        "eval",
+        help="measure an artifact on the dev sets (ASR, Zorro, MT), "
+        "optionally beside the baselines",
+    )
     p.add_argument("artifact", help="artifact folder")
-    p.add_argument("--eval-dir", help=f"folder of the three dev sets (default: ${EVAL_DIR_VARIABLE}, "
-                                      "else shared/eval beside the project folder)")
-    p.add_argument("--variants", type=_variant_list,
-                   help="comma-separated variants to measure (default: fp32,int8 where present)")
-    p.add_argument("--baselines", action="store_true",
-                   help="also: warm start with a random head, the noise model's one-pass PLL, "
-                        "a Kneser-Ney 4-gram LM")
-    p.add_argument("--corpora", nargs="+",
-                   help="training text for the KN LM and n-gram cloze (default: *.txt.gz in "
-                        "the corpora folder beside the dev sets' folder)")
-    p.add_argument("--checkpoint", help="the run's final.safetensors: its noise model is the "
-                                        "PLL baseline (default: an n-gram cloze on --corpora)")
+    p.add_argument(
+        "--eval-dir",
+        help=f"folder of the three dev sets (default: ${EVAL_DIR_VARIABLE}, "
+        "else shared/eval beside the project folder)",
+    )
+    p.add_argument(
+        "--variants",
+        type=_variant_list,
+        help="comma-separated variants to measure (default: fp32,int8 where present)",
+    )
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also: warm start with a random head, the noise model's one-pass PLL, "
+        "a Kneser-Ney 4-gram LM",
+    )
+    p.add_argument(
+        "--corpora",
+        nargs="+",
+        help="training text for the KN LM and n-gram cloze (default: *.txt.gz in "
+        "the corpora folder beside the dev sets' folder)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="the run's final.safetensors: its noise model is the "
+        "PLL baseline (default: an n-gram cloze on --corpora)",
+    )
     p.add_argument("--warm-start", default="minilm", help="folder of the warm start baseline")
     p.add_argument("--limit-pairs", type=int, help="a seeded sample of this many Zorro pairs")
-    p.add_argument("--measures", type=_measure_list, default=list(MEASURES),
-                   help="comma-separated subset of asr,zorro,mt")
+    p.add_argument(
+        "--measures",
+        type=_measure_list,
+        default=None,
+        help=f"comma-separated subset of {','.join(MEASURES)} (default: all, "
+        f"{','.join(OPTIONAL_MEASURES)} where its file is present)",
+    )
     p.add_argument("--seed", type=int, default=0, help="Zorro sample and random head seed")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--json", help="also write every figure to this JSON file")
-    p.add_argument("--plot", metavar="PATH",
-                   help="draw Zorro accuracy per paradigm as a bar chart PNG (needs matplotlib)")
-    p.add_argument("--update-manifest", action="store_true",
-                   help="write the first variant's figures and tuned weights into electric.json")
+    p.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="draw Zorro accuracy per paradigm as a bar chart PNG (needs matplotlib)",
+    )
+    p.add_argument(
+        "--update-manifest",
+        action="store_true",
+        help="write the first variant's figures into electric.json (not its weights: "
+        "electric tune --cross sets those)",
+    )
     p.set_defaults(func=_eval)

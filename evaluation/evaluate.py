@@ -13,6 +13,12 @@ Measures (data: shared/eval, SOURCES.md there):
   words and different word errors (right: the higher score goes to the fewer errors), and the
   same over the pairs whose worse member is the beam's 1-best (the choices re-ranking exists
   to overturn).
+- A second ASR domain (``asr_ted``, TED-LIUM lectures, where its file is present): the same
+  figures, fitted and reported on its own halves. Weights fitted on one domain can harm
+  another; with an artifact's shipped defaults both ASR measures also give the WER on all
+  lists with those defaults (``defaults``), which is what a /v1/rerank user who sends no
+  weights gets (``electric tune --cross`` chooses defaults that keep both at or below beam
+  order).
 - Minimal pairs (``zorro``): accuracy of score(good) > score(bad), overall and per paradigm; a
   tie counts as wrong. ``limit_pairs`` takes a seeded sample stratified by paradigm.
 - MT (``mt``): per segment, every pair of candidates with different MQM and different text is
@@ -32,6 +38,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +47,7 @@ import numpy as np
 from evaluation.scorers import CachedScorer, Scorer
 from evaluation.sets import (
     ASR_FILE,
+    ASR_TED_FILE,
     MT_FILE,
     ZORRO_FILE,
     AsrList,
@@ -65,7 +73,10 @@ from service.rerank.tuning import (
 )
 from service.scoring import Weights, base_scores
 
-MEASURES = ("asr", "zorro", "mt")
+MEASURES = ("asr", "asr_ted", "zorro", "mt")
+OPTIONAL_MEASURES = ("asr_ted",)
+"""Measures whose file a dev-set folder may lack: by default they run where it is present."""
+CORE_MEASURES = tuple(m for m in MEASURES if m not in OPTIONAL_MEASURES)
 # The priors an ASR fit may choose between (service.scoring.RANK_PRIORS): a list scored with
 # none of them ignores the beam's order, which the Common Voice lists carry but not its scores.
 # Having no scores, every list gets its prior from service.scoring.base_scores, as it would
@@ -103,8 +114,12 @@ def _asr_pairs(lists: Sequence[AsrList], m: NbestMatrix) -> list[tuple[str, str,
     return out
 
 
-def measure_asr(scorer: Scorer, lists: Sequence[AsrList]) -> tuple[dict[str, Any], np.ndarray]:
-    """The ASR figures, and the hypothesis each list (all of them, file order) picks."""
+def measure_asr(
+    scorer: Scorer, lists: Sequence[AsrList], defaults: Weights | None = None
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The ASR figures, and the hypothesis each list (all of them, file order) picks. With
+    ``defaults`` (an artifact's rerank section) also the WER on all lists with those weights,
+    as a user of /v1/rerank who sends no weights gets it."""
     texts = list(dict.fromkeys(h for lst in lists for h in lst.hypotheses))
     scores = dict(zip(texts, scorer.score(texts)))
     tune = np.array([in_tuning_half(lst.id) for lst in lists])
@@ -123,6 +138,19 @@ def measure_asr(scorer: Scorer, lists: Sequence[AsrList]) -> tuple[dict[str, Any
     pairs = _asr_pairs(lists, first)
     right = np.array([scores[a][0] > scores[b][0] for a, b, _ in pairs], dtype=bool)
     against_beam = np.array([beam_is_worse for _, _, beam_is_worse in pairs], dtype=bool)
+    with_defaults: dict[str, Any] = {}
+    if defaults is not None:
+        m_defaults = _with_prior(first, defaults.rank_prior)
+        with_defaults = {
+            "defaults": {
+                "lm_weight": defaults.lm_weight,
+                "length_bonus": defaults.length_bonus,
+                "rank_prior": defaults.rank_prior,
+                "lists": m_defaults.lists,
+                "wer_beam": corpus_value(m_defaults, np.zeros(m_defaults.lists, dtype=np.int64)),
+                "wer_reranked": corpus_value(m_defaults, choose(m_defaults, defaults)),
+            }
+        }
     return {
         "lists_tune": int(tune.sum()), "lists_report": int((~tune).sum()),
         "rank_prior": prior, "lm_weight": fit.weights.lm_weight,
@@ -133,6 +161,7 @@ def measure_asr(scorer: Scorer, lists: Sequence[AsrList]) -> tuple[dict[str, Any
         "pairs": len(pairs), "pairwise_accuracy": _mean(right),
         "pairs_against_beam": int(against_beam.sum()),
         "pairwise_accuracy_against_beam": _mean(right[against_beam]),
+        **with_defaults,
     }, chosen
 
 
@@ -190,13 +219,23 @@ def measure_mt(scorer: Scorer, segments: Sequence[MtSegment]) -> tuple[dict[str,
     }, metric
 
 
-def evaluate(scorers: dict[str, Scorer], eval_dir: Path, *, limit_pairs: int | None = None,
-             seed: int = 0, measures: Sequence[str] = MEASURES,
-             compare: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+def evaluate(
+    scorers: dict[str, Scorer],
+    eval_dir: Path,
+    *,
+    limit_pairs: int | None = None,
+    seed: int = 0,
+    measures: Sequence[str] = CORE_MEASURES,
+    compare: Sequence[tuple[str, str]] = (),
+    defaults: dict[str, Weights] | None = None,
+) -> dict[str, Any]:
     """Every measure for every scorer (see the module docstring); a JSON-able dict.
 
-    ``compare`` names (a, b) scorer pairs whose decisions are compared (agreement).
+    ``compare`` names (a, b) scorer pairs whose decisions are compared (agreement);
+    ``defaults`` the re-ranking defaults of scorers that ship them (an artifact's manifest),
+    measured as they are on every ASR list.
     """
+    defaults = defaults or {}
     unknown = sorted(set(measures) - set(MEASURES))
     if unknown:
         raise ValueError(f"unknown measures {unknown}; choose from {list(MEASURES)}")
@@ -205,6 +244,7 @@ def evaluate(scorers: dict[str, Scorer], eval_dir: Path, *, limit_pairs: int | N
             raise ValueError(f"compare ({a!r}, {b!r}): both must be among {sorted(scorers)}")
     start = time.perf_counter()
     asr = read_asr(eval_dir / ASR_FILE) if "asr" in measures else []
+    asr_ted = read_asr(eval_dir / ASR_TED_FILE) if "asr_ted" in measures else []
     pairs = (sample_pairs(read_zorro(eval_dir / ZORRO_FILE), limit_pairs, seed)
              if "zorro" in measures else [])
     mt = read_mt(eval_dir / MT_FILE) if "mt" in measures else []
@@ -220,8 +260,11 @@ def evaluate(scorers: dict[str, Scorer], eval_dir: Path, *, limit_pairs: int | N
         row: dict[str, Any] = {"seconds": {}}
         decisions[name] = {}
         runs: dict[str, Callable[[Scorer], tuple[dict[str, Any], np.ndarray]]] = {
-            "asr": lambda s: measure_asr(s, asr), "zorro": lambda s: measure_zorro(s, pairs),
-            "mt": lambda s: measure_mt(s, mt)}
+            "asr": partial(measure_asr, lists=asr, defaults=defaults.get(name)),
+            "asr_ted": partial(measure_asr, lists=asr_ted, defaults=defaults.get(name)),
+            "zorro": lambda s: measure_zorro(s, pairs),
+            "mt": lambda s: measure_mt(s, mt),
+        }
         for measure, run in runs.items():
             if measure not in measures:
                 continue

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluation.sets import ASR_FILE, MT_FILE, ZORRO_FILE
+from evaluation.sets import FILES
 
 
 def _pct(x: float | None) -> str:
@@ -24,29 +24,89 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows)]
 
 
+def _relative(r: dict[str, Any], key: str) -> str:
+    return (_num(100 * r[key]["relative_wer_reduction"], "+.1f") + "%") if key in r else "-"
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The results as markdown: a summary table, then ASR weights, Zorro per paradigm, agreement."""
     scorers: dict[str, Any] = results["scorers"]
-    lines = _table(["scorer", "ASR WER beam 1-best", "ASR WER re-ranked", "rel. WER reduction",
-                    "Zorro accuracy", "MT pairwise accuracy", "seconds"],
-                   [[name, _pct(r.get("asr", {}).get("wer_beam")),
-                     _pct(r.get("asr", {}).get("wer_reranked")),
-                     (_num(100 * r["asr"]["relative_wer_reduction"], "+.1f") + "%"
-                      if "asr" in r else "-"),
-                     _num(r.get("zorro", {}).get("accuracy")),
-                     _num(r.get("mt", {}).get("pairwise_accuracy")),
-                     _num(r["seconds"].get("total"), ".0f")]
-                    for name, r in scorers.items()])
+    ted = any("asr_ted" in r for r in scorers.values())
+    lines = _table(
+        [
+            "scorer",
+            "ASR WER beam 1-best",
+            "ASR WER re-ranked",
+            "rel. WER reduction",
+            *(["TED-LIUM WER beam -> re-ranked", "TED-LIUM rel."] if ted else []),
+            "Zorro accuracy",
+            "MT pairwise accuracy",
+            "seconds",
+        ],
+        [
+            [
+                name,
+                _pct(r.get("asr", {}).get("wer_beam")),
+                _pct(r.get("asr", {}).get("wer_reranked")),
+                _relative(r, "asr"),
+                *(
+                    [
+                        " -> ".join(
+                            (
+                                _pct(r.get("asr_ted", {}).get("wer_beam")),
+                                _pct(r.get("asr_ted", {}).get("wer_reranked")),
+                            )
+                        ),
+                        _relative(r, "asr_ted"),
+                    ]
+                    if ted
+                    else []
+                ),
+                _num(r.get("zorro", {}).get("accuracy")),
+                _num(r.get("mt", {}).get("pairwise_accuracy")),
+                _num(r["seconds"].get("total"), ".0f"),
+            ]
+            for name, r in scorers.items()
+        ],
+    )
     first: dict[str, Any] = next(iter(scorers.values()), {})
     notes = []
     if "asr" in first:
         a = first["asr"]
-        notes.append(f"ASR: WER on the {a['lists_report']} lists of the reporting half; prior "
-                     f"and weights fitted on the other {a['lists_tune']} (split by a hash of the "
-                     f"id). Oracle WER {_pct(a['wer_oracle'])}.")
+        notes.append(
+            f"ASR: WER on the {a['lists_report']} lists of the reporting half; prior "
+            f"and weights fitted on the other {a['lists_tune']} (split by a hash of the "
+            f"id). Oracle WER {_pct(a['wer_oracle'])}."
+        )
+    if "asr_ted" in first:
+        a = first["asr_ted"]
+        notes.append(
+            f"TED-LIUM: the same on its own halves ({a['lists_report']} reported, "
+            f"{a['lists_tune']} fitted on). Oracle WER {_pct(a['wer_oracle'])}."
+        )
+    shipped = [
+        (key, label, first[key]["defaults"])
+        for key, label in (("asr", "Common Voice"), ("asr_ted", "TED-LIUM"))
+        if "defaults" in first.get(key, {})
+    ]
+    if shipped:
+        d = shipped[0][2]
+        notes.append(
+            f"With the artifact's defaults (lm_weight {d['lm_weight']:.4g}, "
+            f"length_bonus {d['length_bonus']:.4g}, rank prior {d['rank_prior']}), "
+            "all lists: "
+            + "; ".join(
+                f"{label} {_pct(x['wer_beam'])} -> {_pct(x['wer_reranked'])}"
+                for _, label, x in shipped
+            )
+            + "."
+        )
     if "zorro" in first:
-        sample = (f"a sample of {results['limit_pairs']} stratified by paradigm, seed "
-                  f"{results['seed']}" if results.get("limit_pairs") else "all pairs")
+        sample = (
+            f"a sample of {results['limit_pairs']} stratified by paradigm, seed {results['seed']}"
+            if results.get("limit_pairs")
+            else "all pairs"
+        )
         notes.append(f"Zorro: {first['zorro']['pairs']} pairs ({sample}); a tie counts as wrong.")
     if "mt" in first:
         m = first["mt"]
@@ -140,10 +200,23 @@ def manifest_summary(results: dict[str, Any], name: str) -> dict[str, Any]:
     """The compact figures of scorer ``name`` (and all others) that go into electric.json."""
     def brief(r: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        if "asr" in r:
-            out["asr"] = {k: r["asr"][k] for k in ("wer_beam", "wer_reranked", "wer_oracle",
-                                                  "relative_wer_reduction", "rank_prior",
-                                                  "lm_weight", "length_bonus", "lists_report")}
+        for key in ("asr", "asr_ted"):
+            if key in r:
+                out[key] = {
+                    k: r[key][k]
+                    for k in (
+                        "wer_beam",
+                        "wer_reranked",
+                        "wer_oracle",
+                        "relative_wer_reduction",
+                        "rank_prior",
+                        "lm_weight",
+                        "length_bonus",
+                        "lists_report",
+                        "defaults",
+                    )
+                    if k in r[key]
+                }
         if "zorro" in r:
             out["zorro_accuracy"] = r["zorro"]["accuracy"]
             out["zorro_pairs"] = r["zorro"]["pairs"]
@@ -151,9 +224,11 @@ def manifest_summary(results: dict[str, Any], name: str) -> dict[str, Any]:
             out["mt_pairwise_accuracy"] = r["mt"]["pairwise_accuracy"]
         return out
 
-    files = {"asr": ASR_FILE, "zorro": ZORRO_FILE, "mt": MT_FILE}
-    return {"dev_sets": [files[m] for m in results["measures"]], "scorer": name,
-            **brief(results["scorers"][name]),
-            "baselines": {k: brief(v) for k, v in results["scorers"].items() if k != name},
-            "agreement": results.get("agreement", []),
-            **({"measured_on": results["measured_on"]} if "measured_on" in results else {})}
+    return {
+        "dev_sets": [FILES[m] for m in results["measures"]],
+        "scorer": name,
+        **brief(results["scorers"][name]),
+        "baselines": {k: brief(v) for k, v in results["scorers"].items() if k != name},
+        "agreement": results.get("agreement", []),
+        **({"measured_on": results["measured_on"]} if "measured_on" in results else {}),
+    }

@@ -1,6 +1,7 @@
 """Readers for the three development sets in ``shared/eval`` (SOURCES.md there describes them).
 
-- ASR n-best lists: ``{"id", "reference", "hypotheses": [str, ...]}``, hypotheses in beam order.
+- ASR n-best lists (Common Voice, and TED-LIUM where present): ``{"id", "reference",
+  "hypotheses": [str, ...]}``, hypotheses in beam order.
 - Minimal pairs (Zorro): ``{"paradigm", "pair", "sentence_good", "sentence_bad"}``.
 - MT candidates with MQM: ``{"seg_id", "doc", "source", "candidates": [{"system", "text",
   "mqm"}]}``; MQM 0 is best, more negative is worse.
@@ -27,9 +28,12 @@ from pathlib import Path
 from typing import Any
 
 ASR_FILE = "asr_nbest_commonvoice.jsonl"
+ASR_TED_FILE = "asr_nbest_tedlium.jsonl"
+"""A second ASR domain (lectures), read like ASR_FILE; optional: it may not be redistributed,
+so the sample in examples/eval lacks it and the measure runs where the file is present."""
 ZORRO_FILE = "minimal_pairs_zorro.jsonl"
 MT_FILE = "mt_candidates_ted_zhen_mqm.jsonl"
-FILES = {"asr": ASR_FILE, "zorro": ZORRO_FILE, "mt": MT_FILE}
+FILES = {"asr": ASR_FILE, "asr_ted": ASR_TED_FILE, "zorro": ZORRO_FILE, "mt": MT_FILE}
 """The file each measure reads."""
 EVAL_DIR_VARIABLE = "ELECTRIC_EVAL_DIR"
 

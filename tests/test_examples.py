@@ -47,7 +47,9 @@ def test_examples_are_small_and_each_has_a_source_and_licence() -> None:
 
 
 def test_the_eval_sample_reads_as_the_dev_sets_do() -> None:
-    folder = resolve_eval_dir(EXAMPLES / "eval", tuple(FILES))
+    # TED-LIUM may not be redistributed: the sample has the other sets, and eval runs without it.
+    folder = resolve_eval_dir(EXAMPLES / "eval", ("asr", "zorro", "mt"))
+    assert not (folder / FILES["asr_ted"]).exists()
     lists = read_asr(folder / FILES["asr"])
     assert len(lists) == 40 and all(len(lst.hypotheses) == 5 for lst in lists)
     pairs = read_zorro(folder / FILES["zorro"])

@@ -267,18 +267,60 @@ def test_cli_writes_json_and_the_manifest(artifact: Path, eval_dir: Path,
     args = parser.parse_args(["eval", str(copy), "--eval-dir", str(eval_dir),
                               "--limit-pairs", "9", "--threads", "1", "--json", str(out),
                               "--update-manifest"])
+    before = load_manifest(copy).rerank
     assert args.func(args) == 0
     results = json.loads(out.read_text())
     assert set(results["scorers"]) == {"electric fp32", "electric int8"}
     assert results["agreement"][0]["a"] == "electric fp32"
     assert results["scorers"]["electric fp32"]["zorro"]["pairs"] == 9
+    assert results["measures"] == ["asr", "zorro", "mt"]  # no TED-LIUM file: not measured
     manifest = load_manifest(copy)
-    fit = results["scorers"]["electric fp32"]["asr"]
-    assert manifest.rerank.lm_weight == fit["lm_weight"]
+    # The figures go in; the re-ranking defaults stay (electric tune --cross sets them).
+    assert manifest.rerank == before
+    shipped = results["scorers"]["electric fp32"]["asr"]["defaults"]
+    assert shipped["lm_weight"] == before.lm_weight and shipped["lists"] == 40
     assert manifest.evaluation["scorer"] == "electric fp32"
     assert "electric int8" in manifest.evaluation["baselines"]
     with pytest.raises(SystemExit):
         parser.parse_args(["eval", str(artifact), "--measures", "bleu"])
+
+
+def test_the_second_asr_domain_runs_where_its_file_is(
+    artifact: Path, eval_dir: Path, tmp_path: Path
+) -> None:
+    rows = [
+        json.loads(x) for x in (eval_dir / "asr_nbest_commonvoice.jsonl").read_text().splitlines()
+    ]
+    write_jsonl(
+        eval_dir / "asr_nbest_tedlium.jsonl", [{**r, "id": "ted-" + r["id"]} for r in rows[:30]]
+    )
+    out = tmp_path / "results.json"
+    parser = eval_parser()
+    args = parser.parse_args(
+        [
+            "eval",
+            str(artifact),
+            "--eval-dir",
+            str(eval_dir),
+            "--variants",
+            "fp32",
+            "--limit-pairs",
+            "6",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
+    assert args.func(args) == 0
+    results = json.loads(out.read_text())
+    assert results["measures"] == ["asr", "asr_ted", "zorro", "mt"]
+    ted = results["scorers"]["electric fp32"]["asr_ted"]
+    assert ted["lists_tune"] + ted["lists_report"] == 30
+    assert ted["defaults"]["lists"] == 30
+    assert 0.0 <= ted["defaults"]["wer_reranked"] <= 1.0
+    table = format_table(results)
+    assert "TED-LIUM WER beam -> re-ranked" in table and "With the artifact's defaults" in table
 
 
 def tiny_bert_folder(folder: Path, tokenizer_path: Path) -> Path:

@@ -242,3 +242,104 @@ def test_tune_holdout_reports_the_held_out_lists(
         main([*args[:5], "1.5", *args[6:]])
     assert refused.value.code == 2
     assert "not a fraction between 0 and 1" in capsys.readouterr().err
+
+
+def test_tune_reports_k_fold_and_cross_domain_and_writes_only_safe_weights(
+    tmp_path: Path, tiny_artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    artifact = with_prior(tiny_artifact, tmp_path / "artifact", "log")
+    dev = dev_set(tmp_path, copies=4)  # 20 lists with references: 5 folds of about 4
+    # A second domain where the beam is always right: any weight that changes a choice harms it.
+    rows = [json.loads(x) for x in dev.read_text().splitlines() if "reference" in x]
+    other = tmp_path / "other.jsonl"
+    other.write_text(
+        "".join(
+            json.dumps({**r, "id": "o-" + r["id"], "reference": r["hypotheses"][0]}) + "\n"
+            for r in rows
+        )
+    )
+    out = tmp_path / "weights.json"
+    assert (
+        main(
+            [
+                "tune",
+                "-f",
+                "jsonl",
+                str(dev),
+                "--cross",
+                str(other),
+                "--out",
+                str(out),
+                "--write-artifact",
+                "--artifact",
+                str(artifact),
+                *LOCAL,
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "5-fold held out (each fold re-ranked by weights fitted on the others)" in printed
+    assert "cross-domain, other.jsonl (20 lists)" in printed
+    assert "dev.jsonl's weights on other.jsonl" in printed
+    assert "safe choice for both" in printed
+    saved = json.loads(out.read_text())
+    assert saved["kfold"]["folds"] == 5 and saved["kfold"]["lists"] == 20
+    assert saved["cross_domain"]["dev_set"].endswith("other.jsonl")
+    assert min(saved["safe"]["point"]["gains"].values()) >= 0.0
+    assert load_manifest(artifact).rerank.lm_weight == saved["lm_weight"]
+    # Whatever was chosen, re-ranking the second domain with the written defaults keeps its
+    # beam-order WER of 0.
+    assert (
+        main(
+            [
+                "rerank",
+                "-f",
+                "jsonl",
+                str(other),
+                str(tmp_path / "o.jsonl"),
+                "--artifact",
+                str(artifact),
+                *LOCAL,
+            ]
+        )
+        == 0
+    )
+    assert "before 0.00% (base scores alone), after 0.00%" in capsys.readouterr().err
+    # --folds 0 switches the k-fold figure off; --cross and --holdout do not combine.
+    assert (
+        main(
+            [
+                "tune",
+                "-f",
+                "jsonl",
+                str(dev),
+                "--folds",
+                "0",
+                "--allow-zero-lm-weight",
+                "--artifact",
+                str(artifact),
+                *LOCAL,
+            ]
+        )
+        == 0
+    )
+    assert "k-fold held out: off (--folds 0)" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "tune",
+                "-f",
+                "jsonl",
+                str(dev),
+                "--cross",
+                str(other),
+                "--holdout",
+                "--artifact",
+                str(artifact),
+                *LOCAL,
+            ]
+        )
+        == 1
+    )
+    assert "--cross and --holdout" in capsys.readouterr().err
