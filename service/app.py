@@ -1,32 +1,38 @@
-"""The FastAPI app: routes of the HTTP API (v1), typed dependencies, the lifespan.
+"""The FastAPI app: routes of the HTTP API (v1) and the probes, the middleware, the lifespan.
 
 ``create_app(settings)`` builds an app and loads nothing; the lifespan starts the ModelHost
-(artifact, tokenizer, engine, batcher) and closes it. Handlers admit, await, shape: limits are
-on the schemas and settings, batching is in the batcher, maths is in scoring.
+(artifact, tokenizer, engine, batcher) and closes it. Handlers check, call the host, shape:
+limits are on the schemas and settings, admission and scoring in the host
+(``ModelHost.infer``), batching in the batcher, maths in scoring. The dependencies are in
+service/deps.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 
+from service.compat import compat
+from service.deps import (
+    REFUSALS,
+    AuthorizedDep,
+    HostDep,
+    MetricsReaderDep,
+    authorized,
+    check_count,
+    metrics_reader,
+)
 from service.docs_ui import install_docs
 from service.engine import EnergyEngine
-from service.errors import (
-    ClientGone,
-    InvalidInput,
-    NotReady,
-    PayloadTooLarge,
-    error_body,
-)
+from service.errors import NotReady, error_body
+from service.fast_lane import ScoreFastLane, refuse_empty
 from service.http_errors import install_error_handlers
 from service.metrics import CONTENT_TYPE
 from service.middleware import (
@@ -59,27 +65,6 @@ from service.scoring import rank
 from service.settings import Settings
 from service.ui import install_ui
 
-T = TypeVar("T")
-
-
-async def get_host(request: Request) -> ModelHost:
-    host = request.state.host  # set by the lifespan below
-    assert isinstance(host, ModelHost)
-    return host
-
-
-async def authorized(request: Request) -> ModelHost:
-    """The host, for a route that wants an API key (when keys are configured). The key is
-    checked by the ApiKeys middleware, on every path a route taking this serves, from the
-    headers alone: before a request slot is taken or the body read (see build_app)."""
-    return await get_host(request)
-
-
-async def metrics_reader(request: Request) -> ModelHost:
-    """The host, for a Prometheus scrape: keyed (by ApiKeys) only with
-    ``metrics_require_key``."""
-    return await get_host(request)
-
 
 def _keyed_paths(routers: Sequence[APIRouter]) -> frozenset[str]:
     """The paths of the routes that take ``authorized``: those ApiKeys guards."""
@@ -88,67 +73,15 @@ def _keyed_paths(routers: Sequence[APIRouter]) -> frozenset[str]:
                      and any(dep.call is authorized for dep in route.dependant.dependencies))
 
 
-HostDep = Annotated[ModelHost, Depends(get_host)]
-AuthorizedDep = Annotated[ModelHost, Depends(authorized)]
-MetricsReaderDep = Annotated[ModelHost, Depends(metrics_reader)]
-
-
-def check_count(count: int, limit: int, what: str) -> None:
-    if count > limit:
-        raise PayloadTooLarge(f"the request has {count} {what}; the limit is {limit}")
-
-
-async def _disconnected(request: Request) -> None:
-    # The body has been read, so the next ASGI message is the disconnect (or the end of the
-    # response, after which nobody awaits this).
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """Await ``work``, cancelling it (and so dropping its queued sequences) if the client goes."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # the handler itself was cancelled
-        task.cancel()
-        watcher.cancel()
-        raise
-    watcher.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    raise ClientGone("the client disconnected before its answer was ready")
-
-
-# What /v1 may answer besides 200, for the OpenAPI document; every body is ErrorBody.
-_REFUSALS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text} for code, text in (
-        (401, "Missing or unknown API key"), (408, "Body not received in time"),
-        (413, "Body, sentence or hypothesis count too large"),
-        (422, "Invalid input"), (429, "Queue full; retry after Retry-After seconds"),
-        (500, "Inference failed"), (503, "Not ready, draining or engine failing"),
-        (504, "Deadline passed"))}
-
-# Every /v1 route takes AuthorizedDep, whose key ApiKeys checks. One dependency per route on
-# purpose: FastAPI's dependency resolution costs about as much per request as tokenizing a
-# sentence, so admission is a plain `with` in the handler rather than a yield dependency.
-v1 = APIRouter(prefix="/v1", responses=_REFUSALS)
+v1 = APIRouter(prefix="/v1", responses=REFUSALS)
 
 
 @v1.post("/score")
 async def score(body: ScoreRequest, request: Request, host: AuthorizedDep) -> ScoreResponse:
     """Per-token energies and the sentence score (-sum of energies) of each sentence."""
     check_count(len(body.sentences), host.max_sentences, "sentences")
-    with host.admitted():
-        encoded = await host.encode(body.sentences, body.truncate)
-        for i, e in enumerate(encoded):
-            if not e.num_tokens:  # e.g. only zero-width or combining characters
-                raise InvalidInput(f"sentences[{i}] has no tokens once normalised; /v1/score "
-                                   "needs at least one")
-        results = await unless_client_leaves(request, host.score(encoded))
+    results = await host.infer(body.sentences, body.truncate, request.receive,
+                               check=refuse_empty)
     return ScoreResponse(model=host.model_name, results=[SentenceScore.of(s) for s in results])
 
 
@@ -160,9 +93,9 @@ async def rerank(body: RerankRequest, request: Request,
     check_count(sum(len(lst.hypotheses) for lst in lists), host.max_hypotheses,
                 "hypotheses")
     texts = unique_texts(lists)
-    with host.admitted():
-        encoded = await host.encode(texts, body.truncate, lambda i: body.where(texts[i]))
-        scores = dict(zip(texts, await unless_client_leaves(request, host.score(encoded))))
+    scored = await host.infer(texts, body.truncate, request.receive,
+                              lambda i: body.where(texts[i]))
+    scores = dict(zip(texts, scored))
     weights = host.weights(body.lm_weight, body.length_bonus, body.rank_prior)
     ranked = [RankedList(id=lst.id, hypotheses=[RankedHypothesis.of(r) for r in
                                                 rank(lst.hypotheses, scores, weights)])
@@ -247,14 +180,13 @@ def build_app(host: ModelHost) -> FastAPI:
     install_error_handlers(app, host.metrics.reject)
     app.include_router(v1)
     app.include_router(probes)
-    from service.compat import compat  # here: compat.py uses this module's dependencies
-
     app.include_router(compat)
     install_docs(app, (v1, probes, compat),
                  keyed_by=(authorized, metrics_reader) if settings.metrics_require_key
                  else (authorized,), keys_required=bool(settings.api_keys))
     install_ui(app)  # GET / and /ui: the browser page (service/ui.py)
     # Each add_middleware wraps what is already there: the last added runs first.
+    app.add_middleware(ScoreFastLane, host=host)  # innermost: beside the router
     app.add_middleware(HeadAsGet)
     app.add_middleware(JsonContentType)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,

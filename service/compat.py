@@ -28,7 +28,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Body, Request
 
-from service.app import _REFUSALS, AuthorizedDep, check_count, unless_client_leaves
+from service.deps import REFUSALS, AuthorizedDep, check_count
 from service.errors import InvalidInput
 from service.schemas import (
     CohereRerankRequest,
@@ -42,7 +42,7 @@ from service.schemas import (
 from service.scoring import Scored
 from service.tokenization import Encoded
 
-compat = APIRouter(responses=_REFUSALS)
+compat = APIRouter(responses=REFUSALS)
 
 
 def joined(query: str, text: str) -> str:
@@ -100,16 +100,16 @@ async def rerank(body: Annotated[CompatRerankRequest, Body()], request: Request,
         where = f"{field}[{texts.index(unique[i])}]"
         return f"the query with {where}" if body.query else where
 
-    with host.admitted():
-        encoded = await host.encode([joined(body.query, t) for t in unique], body.truncate,
-                                       place)
+    def room_left(encoded: list[Encoded]) -> None:
         empty = _no_room(encoded, unique, body.query)
         if empty is not None:
             raise InvalidInput(
                 f"the query fills all {host.max_tokens} tokens the model scores: "
                 f"truncating leaves none of {field}[{texts.index(unique[empty])}]; send a "
                 "shorter query")
-        scored = await unless_client_leaves(request, host.score(encoded))
+
+    scored = await host.infer([joined(body.query, t) for t in unique], body.truncate,
+                              request.receive, place, room_left)
     by_text = {t: text_score(s, body.query) for t, s in zip(unique, scored)}
     scores = [by_text[t] for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -scores[i])[:body.top_n]

@@ -3,7 +3,7 @@
 Built cheaply by ``create_app`` (nothing loads then); ``start`` loads the artifact in the app's
 lifespan, a background warm-up turns it ready, ``drain`` (SIGTERM) stops admitting work and
 waits for admitted requests, ``close`` releases everything. Handlers reach it through the typed
-dependencies in service/app.py.
+dependencies in service/deps.py.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 import numpy as np
+from starlette.types import Receive
 
 from service import memory
 from service.artifact import ArtifactError, Manifest, RankPrior, load_manifest
 from service.batch_policy import BatchLimits, resolve_limits
 from service.batcher import Batcher
+from service.disconnect import unless_client_leaves
 from service.engine import CUDA, EnergyEngine, OnnxEngine, warm_up
 from service.errors import DeadlineExceeded, NotReady, PayloadTooLarge, ServiceError, too_long
 from service.metrics import Metrics
@@ -268,6 +270,19 @@ class ModelHost:
         finally:
             if chars >= _TRIM_AFTER_CHARS:
                 memory.trim()
+
+    async def infer(self, texts: Sequence[str], truncate: bool, receive: Receive,
+                    place: Callable[[int], str] | None = None,
+                    check: Callable[[list[Encoded]], None] | None = None) -> list[Scored]:
+        """Admit, tokenize, score: what every scoring route does, in one place. ``place`` names a
+        text in a refusal (see :meth:`encode`); ``check`` may refuse the encodings before they
+        are queued (a route's own rule, e.g. no empty sentence); ``receive`` is the request's,
+        so that a client who leaves takes its queued work with it."""
+        with self.admitted():
+            encoded = await self.encode(texts, truncate, place)
+            if check is not None:
+                check(encoded)
+            return await unless_client_leaves(receive, self.score(encoded))
 
     async def score(self, encoded: Sequence[Encoded]) -> list[Scored]:
         """Scores in input order; texts without tokens score 0 without reaching the engine.
