@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from model_export.config import ModelConfig, check_keys
+from model_export.distributed import World
 from model_export.model import Electric
 from model_export.run_files import atomic_save
 
@@ -81,27 +82,51 @@ class Resumable(Protocol):
     def device(self) -> torch.device: ...
 
 
-def save_checkpoint(path: Path, trainer: Resumable, state: RunState) -> None:
-    """Weights, AdamW slots, the RNG streams and ``state``, atomically."""
+def _rng_states(trainer: Resumable) -> dict[str, torch.Tensor]:
+    states = {"torch": torch.get_rng_state(), "generator": trainer.generator.get_state()}
+    if trainer.device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(trainer.device)
+    return states
+
+
+def save_checkpoint(path: Path, trainer: Resumable, state: RunState,
+                    world: World | None = None) -> None:
+    """Weights, AdamW slots, the RNG streams and ``state``, atomically.
+
+    In a data-parallel run every rank calls this (its RNG streams are gathered: ``rng.*`` are
+    rank 0's, ``rng.<r>.*`` rank r's) and rank 0 writes the file.
+    """
+    gathered = world.gather_objects(_rng_states(trainer)) if world else [_rng_states(trainer)]
+    if world and not world.is_writer:
+        return
     model = trainer.model
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     names: dict[torch.Tensor, str] = {p: n for n, p in model.named_parameters()}
     for p, slots in trainer.optimizer.state.items():
         for key, value in slots.items():
             tensors[f"optim.{names[p]}.{key}"] = value.detach().cpu().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.generator"] = trainer.generator.get_state()
-    if trainer.device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(trainer.device)
-    meta = {"state": json.dumps({**state.to_dict(), "scaler": trainer.scaler.state_dict()})}
+    for rank, states in enumerate(gathered):
+        assert isinstance(states, dict)
+        prefix = "rng." if rank == 0 else f"rng.{rank}."
+        tensors.update({prefix + name: value.cpu() for name, value in states.items()})
+    meta = {"state": json.dumps({**state.to_dict(), "scaler": trainer.scaler.state_dict()}),
+            "world_size": str(len(gathered))}
     atomic_save(tensors, path, meta)
 
 
-def load_checkpoint(path: Path, trainer: Resumable) -> RunState:
-    """Restore what ``save_checkpoint`` wrote into ``trainer``; returns the run state."""
+def load_checkpoint(path: Path, trainer: Resumable, rank: int = 0, world_size: int = 1
+                    ) -> RunState:
+    """Restore what ``save_checkpoint`` wrote into ``trainer`` (rank ``rank``'s RNG streams);
+    returns the run state. A run resumes with the number of ranks it was written by: each
+    rank's streams continue, so the resumed steps equal the uninterrupted ones."""
     tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as f:
-        data = json.loads(f.metadata()["state"])
+        meta = f.metadata()
+    data = json.loads(meta["state"])
+    saved_world = int(meta.get("world_size", "1"))
+    if saved_world != world_size:
+        raise ValueError(f"{path} was written by {saved_world} ranks; resume it with "
+                         f"{saved_world}, not {world_size} (or start a new run_dir)")
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     trainer.model.load_state_dict(model_state)
     params = dict(trainer.model.named_parameters())
@@ -114,10 +139,11 @@ def load_checkpoint(path: Path, trainer: Resumable) -> RunState:
         p = params[name]
         # The fused AdamW keeps even its step counters on the parameter's device.
         trainer.optimizer.state[p] = {k: v.to(p.device) for k, v in values.items()}
-    torch.set_rng_state(tensors["rng.torch"])
-    trainer.generator.set_state(tensors["rng.generator"])
-    if "rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.cuda"], trainer.device)
+    prefix = "rng." if rank == 0 else f"rng.{rank}."
+    torch.set_rng_state(tensors[prefix + "torch"])
+    trainer.generator.set_state(tensors[prefix + "generator"])
+    if prefix + "cuda" in tensors:
+        torch.cuda.set_rng_state(tensors[prefix + "cuda"], trainer.device)
     trainer.scaler.load_state_dict(data.pop("scaler"))
     return RunState.from_dict(data)
 

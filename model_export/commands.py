@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -48,6 +49,8 @@ def _train(args: argparse.Namespace) -> int:
     final = train(cfg, [Path(p) for p in args.corpora or []], run_dir,
                   _train_tokenizer(args.tokenizer, cfg.warm_start or cfg.init_from, run_dir),
                   shard=Path(args.shard) if args.shard else None)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun: rank 0 reports and exports
     print(f"final checkpoint: {final}")
     if args.export:
         # The text the model was trained on is the natural calibration text for its int8.

@@ -43,17 +43,22 @@ def hardware() -> dict[str, Any]:
 class MetricsLog:
     """metrics.jsonl: one JSON object a line, each with the ``step`` it describes."""
 
-    def __init__(self, path: Path, resume_step: int):
+    def __init__(self, path: Path, resume_step: int, world_size: int = 1, enabled: bool = True):
+        # ``enabled``: False on the ranks of a data-parallel run other than 0, which log nothing.
+        self.path, self.world_size, self.enabled = path, world_size, enabled
+        if not enabled:
+            return
         # Lines written after the checkpoint we resume from are rewritten by this run.
         lines = path.read_text().splitlines() if path.exists() else []
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= resume_step]
         path.write_text("".join(line + "\n" for line in kept))
-        self.path = path
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         # Opened per record (a few a minute): a crash loses nothing already logged.
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({**record, "world_size": self.world_size}) + "\n")
 
 
 def write_final(run_dir: Path, model: Electric, train_config: dict[str, Any],

@@ -26,6 +26,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,16 @@ from model_export.data import (
     load_tokenizer,
     pack,
 )
+from model_export.distributed import World
 from model_export.model import Electric
-from model_export.nce import NCEConfig, NoiseModel, TwoTowerNoise, choose_positions, nce_loss
+from model_export.nce import (
+    NCEConfig,
+    NCEOutput,
+    NoiseModel,
+    TwoTowerNoise,
+    choose_positions,
+    nce_loss,
+)
 from model_export.ngram import NgramCloze
 from model_export.run_files import (
     CHECKPOINT,
@@ -120,8 +129,9 @@ class Trainer:
     """The state that one optimizer step reads and writes."""
 
     def __init__(self, cfg: TrainConfig, model: Electric, noise: NoiseModel, stream: BatchStream,
-                 device: torch.device):
+                 device: torch.device, world: World | None = None):
         self.cfg = cfg
+        self.world = world
         self.model = model.to(device).train()
         self.noise = noise
         self.stream = stream
@@ -130,7 +140,12 @@ class Trainer:
         self.nce_cfg = NCEConfig(mask_prob=cfg.mask_prob, nce_weight=cfg.nce_weight,
                                  mle_weight=cfg.mle_weight, data_fraction=cfg.data_fraction)
         # Masking and noise samples draw from their own stream; dropout uses the global one.
-        self.generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        # Each rank has its own streams (rank 0's are the one-process ones): the model's
+        # initialisation above came from the shared seed, so the replicas start equal.
+        rank = world.rank if world else 0
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed + 1 + rank)
+        if rank:
+            torch.manual_seed(cfg.seed + 7919 * rank)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
         if cfg.amp == "fp16" and device.type != "cuda":
             raise ValueError("amp='fp16' needs CUDA; use amp='bf16' on CPU")
@@ -153,20 +168,42 @@ class Trainer:
         factor = lr_factor(step, self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        batch = self.stream.batch(step).to(self.device)
+        batch = self.stream.batch(step)  # the global batch: what the step's counters count
+        world = self.world
+        local = (batch if world is None else
+                 Batch(batch.input_ids[world.rank::world.size],
+                       batch.attention_mask[world.rank::world.size],
+                       batch.special_mask[world.rank::world.size])).to(self.device)
         with self.autocast():
             if phase == "joint":
-                out = nce_loss(self.model, batch.input_ids, batch.attention_mask,
-                               batch.special_mask, self.nce_cfg, self.noise, self.generator)
-                loss = out.loss
-                terms = {"loss": out.loss.item(), "nce_loss": out.nce_loss.item(),
-                         "mle_loss": out.mle_loss.item(), "noise_acc": out.noise_acc,
-                         "data_acc": out.data_acc, "copy_rate": out.copy_rate}
+                out = nce_loss(self.model, local.input_ids, local.attention_mask,
+                               local.special_mask, self.nce_cfg, self.noise, self.generator)
+                if world is None:
+                    loss = out.loss
+                    terms = {"loss": out.loss.item(), "nce_loss": out.nce_loss.item(),
+                             "mle_loss": out.mle_loss.item(), "noise_acc": out.noise_acc,
+                             "data_acc": out.data_acc, "copy_rate": out.copy_rate}
+                else:
+                    loss, shares = self.global_share(out)
             else:
-                loss = self.cloze_mle(batch)
+                loss, n_rows = self.cloze_mle(local)
                 terms = {"mle_loss": loss.item()}
+                if world is not None:
+                    total = world.sum(torch.tensor([n_rows], device=self.device))
+                    loss = loss * (n_rows / max(float(total.item()), 1.0))
+                    shares = {"mle_loss": loss.detach().float()}
         # Tensor.backward carries no annotations in torch.
         self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        if world is not None:
+            # Each rank's loss is its share of the global one: the SUM of the gradients is
+            # the one-process gradient (DDP would average, i.e. divide by the world size).
+            params = [p for g in self.optimizer.param_groups for p in g["params"]
+                      if p.requires_grad]
+            summed = world.sum_grads(params, torch.stack(list(shares.values())).float())
+            terms = dict(zip(shares, summed.tolist()))
+            if phase == "joint":
+                terms["loss"] = (self.nce_cfg.mle_weight * terms["mle_loss"]
+                                 + self.nce_cfg.nce_weight * terms["nce_loss"])
         if self.cfg.clip > 0:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]
@@ -177,15 +214,33 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return terms, batch
 
-    def cloze_mle(self, batch: Batch) -> torch.Tensor:
-        """q's cloze cross-entropy at the positions the joint phase would mask."""
+    def global_share(self, out: NCEOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """This rank's share of the global batch's loss: its NCE sum over the GLOBAL count of
+        scorable positions, its cloze MLE sum over the global count of noise positions; and
+        its shares of the logged terms, which sum over ranks to the global figures."""
+        assert self.world is not None
+        local = torch.tensor([out.n_scorable, out.n_noise, out.n_data], device=self.device)
+        n_scorable, n_noise, n_data = self.world.sum(local.clone()).clamp(min=1).tolist()
+        w_nce = out.n_scorable / n_scorable
+        w_noise, w_data = out.n_noise / n_noise, out.n_data / n_data
+        nce, mle = out.nce_loss * w_nce, out.mle_loss * w_noise
+        loss = self.nce_cfg.mle_weight * mle + self.nce_cfg.nce_weight * nce
+        t = partial(torch.tensor, device=self.device)
+        shares = {"nce_loss": nce.detach().float(), "mle_loss": mle.detach().float(),
+                  "noise_acc": t(out.noise_acc * w_noise), "data_acc": t(out.data_acc * w_data),
+                  "copy_rate": t(out.copy_rate * w_noise)}
+        return loss, shares
+
+    def cloze_mle(self, batch: Batch) -> tuple[torch.Tensor, float]:
+        """q's cloze cross-entropy at the positions the joint phase would mask, and how many
+        positions it averages over."""
         scorable = batch.attention_mask.bool() & ~batch.special_mask
         noise_mask, _, _, _ = choose_positions(scorable, self.nce_cfg, self.generator)
         noise_pos = noise_mask.nonzero()  # (N, 2)
         draw = self.noise.sample_and_score(batch.input_ids, batch.attention_mask, noise_pos,
                                            noise_pos[:0], self.generator)
         assert draw.mle_loss is not None, "noise pre-training needs a trainable noise model"
-        return draw.mle_loss
+        return draw.mle_loss, float(len(noise_pos))
 
 
 def make_noise(cfg: TrainConfig, model: Electric, train_seqs: list[np.ndarray],
@@ -232,33 +287,48 @@ def train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
 
     ``tokenizer_path`` defaults to the warm start's tokenizer.json. With ``shard`` (shard.py)
     the packed sequences come from there and ``corpora`` must be empty.
+
+    Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set) every rank calls this: they train one
+    model on slices of the same global batches (distributed.py), and rank 0 alone writes the
+    run's files while the others wait for it.
     """
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    world = World.from_env()
+    started = world.start() if world else False
     try:
-        return _train(cfg, corpora, run_dir, tokenizer_path, shard)
+        return _train(cfg, corpora, run_dir, tokenizer_path, shard, world)
     finally:
         torch.set_num_threads(threads)
+        if world and started:
+            world.close()
 
 
 def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
-           tokenizer_path: Path | None, shard: Path | None) -> Path:
+           tokenizer_path: Path | None, shard: Path | None, world: World | None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (world.device() if world else
+              torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if world and cfg.batch_size < world.size:
+        raise ValueError(f"batch_size {cfg.batch_size} is smaller than the {world.size} ranks: "
+                         "every rank needs at least one sequence of each batch")
+    writer = world is None or world.is_writer
     warm = Path(cfg.init_from) if cfg.init_from else resolve_warm_start(cfg.warm_start)
     if tokenizer_path is None:
         if warm is None:
             raise ValueError("no tokenizer: give tokenizer_path, a warm_start or init_from folder")
         tokenizer_path = warm / "tokenizer.json"
     run_tokenizer = run_dir / "tokenizer.json"  # export reads the copy beside the weights
-    if tokenizer_path.resolve() != run_tokenizer.resolve():
-        shutil.copyfile(tokenizer_path, run_tokenizer)
-    tokenizer = load_tokenizer(run_tokenizer)
+    with world.writer_first() if world else nullcontext():
+        if writer and tokenizer_path.resolve() != run_tokenizer.resolve():
+            shutil.copyfile(tokenizer_path, run_tokenizer)
+        tokenizer = load_tokenizer(run_tokenizer)
+        packed, weights, corpus_names, shard_meta = training_data(cfg, corpora, shard, run_dir,
+                                                                  run_tokenizer)
     special = SpecialIds.from_tokenizer(tokenizer)
     special_ids = [special.cls, special.sep]
 
-    packed, weights, corpus_names, shard_meta = training_data(cfg, corpora, shard, run_dir, run_tokenizer)
     train_part, heldout_part = packed.subset(False), packed.subset(True)
     eval_seqs = framed(heldout_part, special, cfg.eval_sequences)
 
@@ -270,12 +340,14 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
         tokenizer.get_vocab_size())
     needs_counts = not resuming or (cfg.noise == "ngram" and not (run_dir / "ngram.npz").exists())
     train_seqs = framed(train_part, special) if needs_counts else []
-    noise = make_noise(cfg, model, train_seqs, special, run_dir)
+    with world.writer_first() if world else nullcontext():
+        noise = make_noise(cfg, model, train_seqs, special, run_dir)  # ngram.npz: rank 0 counts
     stream = BatchStream(train_part, special, cfg.batch_size, cfg.seed, weights=weights)
-    trainer = Trainer(cfg, model, noise, stream, device)
+    trainer = Trainer(cfg, model, noise, stream, device, world)
 
     if resuming:
-        state = load_checkpoint(ckpt, trainer)
+        state = load_checkpoint(ckpt, trainer, world.rank if world else 0,
+                                world.size if world else 1)
         # A key the checkpoint lacks was added later; such a run trained with its default.
         saved = {**TrainConfig().to_dict(), **state.train_config}
         changed = sorted(k for k, v in cfg.to_dict().items()
@@ -293,10 +365,11 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
                          init_from=warm_report if cfg.init_from and warm_report else None)
     del train_seqs
 
-    log = MetricsLog(run_dir / METRICS, state.step)
+    log = MetricsLog(run_dir / METRICS, state.step, world.size if world else 1, enabled=writer)
 
     def evaluate(step: int) -> None:
-        if not eval_seqs:
+        # Rank 0 alone: the replicas hold the same weights, so the figure is the same anywhere.
+        if not eval_seqs or not writer:
             return
         # float32 even when training autocasts: the figure is compared with exact baselines.
         ce = cloze_cross_entropy(noise, eval_seqs, special_ids=special_ids, pad_id=special.pad)
@@ -310,6 +383,7 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
         evaluate(0)
     run_loop(cfg, trainer, state, log, evaluate, ckpt)
 
+    spread = world.max_param_difference(model) if world else None
     facts = {"preset": cfg.name, "warm_start": state.warm_start,
              **({"init_from": state.init_from} if state.init_from is not None else {}),
              "corpora": corpus_names,
@@ -322,8 +396,16 @@ def _train(cfg: TrainConfig, corpora: list[Path], run_dir: Path,
              "batch_size": cfg.batch_size, "max_len": cfg.max_len,
              "tokens_seen": state.tokens_seen, "sequences_seen": state.sequences_seen,
              "wall_time_s": round(state.wall_time_s, 1), "hardware": hardware(),
-             "final": state.last, "heldout_baselines": state.baselines}
-    return write_final(run_dir, model, cfg.to_dict(), facts)
+             "final": state.last, "heldout_baselines": state.baselines,
+             **({"world_size": world.size, "replica_max_abs_diff": spread} if world else {})}
+    if not world:
+        return write_final(run_dir, model, cfg.to_dict(), facts)
+    if spread:
+        raise RuntimeError(f"the {world.size} replicas diverged: weights differ by up to {spread}")
+    if writer:
+        write_final(run_dir, model, cfg.to_dict(), facts)
+    world.barrier()  # the others return once the final weights are on disk
+    return run_dir / FINAL
 
 
 def run_loop(cfg: TrainConfig, trainer: Trainer, state: RunState, log: MetricsLog,
@@ -336,7 +418,9 @@ def run_loop(cfg: TrainConfig, trainer: Trainer, state: RunState, log: MetricsLo
     session_start = budget_start = time.perf_counter()
     state.stopped_early = None  # a resumed run gets the budget again
     window_time, window_tokens = 0.0, 0  # for tokens/s: step compute only, not eval or saving
-    bar = tqdm(total=cfg.total_steps, initial=state.step, unit="step", dynamic_ncols=True)
+    world = trainer.world
+    bar = tqdm(total=cfg.total_steps, initial=state.step, unit="step", dynamic_ncols=True,
+               disable=world is not None and not world.is_writer)
     for step in range(state.step, cfg.total_steps):
         t0 = time.perf_counter()
         terms, batch = trainer.step(step)
@@ -367,6 +451,8 @@ def run_loop(cfg: TrainConfig, trainer: Trainer, state: RunState, log: MetricsLo
             window_time, window_tokens = 0.0, 0
         out_of_time = (cfg.max_minutes > 0 and done < cfg.total_steps
                        and time.perf_counter() - budget_start >= cfg.max_minutes * 60)
+        if world and cfg.max_minutes > 0:
+            out_of_time = world.any(out_of_time, trainer.device)  # the ranks stop together
         if out_of_time:
             state.stopped_early = {"step": done, "planned_steps": cfg.total_steps,
                                       "max_minutes": cfg.max_minutes}
@@ -377,7 +463,7 @@ def run_loop(cfg: TrainConfig, trainer: Trainer, state: RunState, log: MetricsLo
             state.step = done
             state.wall_time_s += time.perf_counter() - session_start
             session_start = time.perf_counter()
-            save_checkpoint(ckpt, trainer, state)
+            save_checkpoint(ckpt, trainer, state, world)
         if out_of_time:
             break
     bar.close()
