@@ -52,6 +52,8 @@ class World:
         True when this call made it (and so should end it)."""
         if dist.is_initialized():
             return False
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.local_rank)  # before NCCL picks a device for barriers
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         return True
 
