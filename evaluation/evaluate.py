@@ -48,7 +48,9 @@ from evaluation.scorers import CachedScorer, Scorer
 from evaluation.sets import (
     ASR_FILE,
     ASR_TED_FILE,
+    FILES,
     MT_FILE,
+    OPTIONAL_FILES,
     ZORRO_FILE,
     AsrList,
     MinimalPair,
@@ -74,7 +76,7 @@ from service.rerank.tuning import (
 from service.scoring import Weights, base_scores
 
 MEASURES = ("asr", "asr_ted", "zorro", "mt")
-OPTIONAL_MEASURES = ("asr_ted",)
+OPTIONAL_MEASURES = tuple(m for m in MEASURES if FILES[m] in OPTIONAL_FILES)
 """Measures whose file a dev-set folder may lack: by default they run where it is present."""
 CORE_MEASURES = tuple(m for m in MEASURES if m not in OPTIONAL_MEASURES)
 # The priors an ASR fit may choose between (service.scoring.RANK_PRIORS): a list scored with

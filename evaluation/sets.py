@@ -35,6 +35,8 @@ ZORRO_FILE = "minimal_pairs_zorro.jsonl"
 MT_FILE = "mt_candidates_ted_zhen_mqm.jsonl"
 FILES = {"asr": ASR_FILE, "asr_ted": ASR_TED_FILE, "zorro": ZORRO_FILE, "mt": MT_FILE}
 """The file each measure reads."""
+OPTIONAL_FILES = (ASR_TED_FILE,)
+"""Files a dev-set folder may lack: their measures run by default only where they are present."""
 EVAL_DIR_VARIABLE = "ELECTRIC_EVAL_DIR"
 
 # Human translations in the WMT MQM releases are named "ref", "refA", "refB", "ref-A"...: a
@@ -83,8 +85,10 @@ def default_eval_dir() -> Path:
     return Path(given) if given else Path(__file__).resolve().parents[2] / "shared" / "eval"
 
 
-def resolve_eval_dir(given: str | Path | None, measures: Sequence[str] = tuple(FILES)) -> Path:
-    """The folder of the dev sets, checked to hold the files ``measures`` read.
+def resolve_eval_dir(given: str | Path | None,
+                     measures: Sequence[str] | None = None) -> Path:
+    """The folder of the dev sets, checked to hold the files ``measures`` read (by default every
+    measure whose file is not optional).
 
     Raises FileNotFoundError with one line naming the folder, where it came from and how to
     give another."""
@@ -98,6 +102,8 @@ def resolve_eval_dir(given: str | Path | None, measures: Sequence[str] = tuple(F
            "sample of each set)")
     if not folder.is_dir():
         raise FileNotFoundError(f"the dev sets' folder {folder} ({origin}) does not exist: {how}")
+    if measures is None:
+        measures = [m for m, name in FILES.items() if name not in OPTIONAL_FILES]
     missing = [FILES[m] for m in measures if not (folder / FILES[m]).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} ({origin}) lacks {', '.join(missing)}: {how}, or "

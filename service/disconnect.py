@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
-
-from starlette.types import Receive
+from typing import TYPE_CHECKING, TypeVar
 
 from service.errors import ClientGone
+
+if TYPE_CHECKING:  # the ASGI type only; the core loads without an HTTP stack
+    from starlette.types import Receive
 
 T = TypeVar("T")
 

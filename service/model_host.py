@@ -16,10 +16,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-from starlette.types import Receive
 
 from service import memory
 from service.artifact import ArtifactError, Manifest, RankPrior, load_manifest
@@ -34,6 +33,9 @@ from service.scoring import EMPTY, Scored, Weights, resolve_weights, sentence_sc
 from service.settings import Settings
 from service.timing import current_timing
 from service.tokenization import Encoded, SentenceTokenizer, TooLong
+
+if TYPE_CHECKING:  # the ASGI type only; the core loads without an HTTP stack
+    from starlette.types import Receive
 
 logger = logging.getLogger("electric.service")
 
