@@ -59,6 +59,7 @@ class TextTooLong(TextRefused):
     """A text with more tokens than the model takes, and no ``--truncate``."""
 
     def __init__(self, text: str, num_tokens: int | str, max_tokens: int | str):
+        self.num_tokens, self.max_tokens = num_tokens, max_tokens
         super().__init__(text, f"has {num_tokens} tokens, the model scores at most "
                                f"{max_tokens}; pass --truncate to cut it")
 
@@ -67,6 +68,7 @@ class TextTooManyChars(TextRefused):
     """A text longer than the tokenizer ever takes, and no ``--truncate``."""
 
     def __init__(self, text: str, chars: int, max_chars: int):
+        self.chars, self.max_chars = chars, max_chars
         super().__init__(text, f"has {chars} characters; at most {max_chars} are tokenized, "
                                "far more than the model scores; pass --truncate to score its "
                                "beginning")

@@ -27,7 +27,7 @@ ALLOWED = {
 }
 MODEL_EXPORT_REACHES = ("service.artifact", "service.tokenization", "service.batch_policy")
 # Beside the serving core, never imported by it.
-OFFLINE = ("service.local", "service.rerank", "service.commands")
+OFFLINE = ("service.local", "service.scorer", "service.rerank", "service.commands")
 # Serving-core modules with no HTTP in them: they must stay importable without an HTTP stack.
 WITHOUT_HTTP = ("tokenization", "scoring", "batch_policy", "batcher", "errors", "engine",
                 "model_host", "timing", "memory", "metrics", "settings", "artifact")
