@@ -197,7 +197,7 @@ def summary(
         "baseline": fit.baseline,
         "oracle": fit.oracle,
         "lists": fit.lists,
-        "dev_set": doc.name,
+        "dev_set": Path(doc.name).name,  # the file, not where it lay
         "model": model,
     }
     facts = {**facts, "holdout": holdout} if holdout else facts
