@@ -2,13 +2,15 @@
 
 Requests add their sequences to the queue and await a future. The loop takes the next batch
 (service/batch_policy.py decides which), runs the engine in a worker thread and hands each request
-its rows. Which request goes next is shortest remaining work first: a request of a few short
-sentences is not made to wait behind one of 256 long ones, and requests of equal size go in
-arrival order, which answers the most of them in time when the engine is overloaded (a round
-robin answered fewer: docs/SERVICE.md has the figures). A request that has waited half its
-deadline goes first whatever its size, oldest first, so that the large ones that
+its rows. Which request goes next is fewest sentences left first: a request of a few sentences is
+not made to wait behind one of 256, and requests with as many sentences left go in arrival order
+whatever their lengths, which answers the most of them in time when the engine is overloaded (a
+round robin answered fewer; ordering by tokens left instead starved the longer sentences of a
+stream of one-sentence requests for seconds: docs/SERVICE.md has both). A request that has
+waited half its deadline goes first whatever its size, oldest first, so that the large ones that
 ``max_request_tokens`` admits are not starved by a stream of small ones. While a batch runs,
-new work piles up, so the next batch is large exactly when the service is busy; when the queue is empty the loop sleeps on an event, never on a timer.
+new work piles up, so the next batch is large exactly when the service is busy; when the queue
+is empty the loop sleeps on an event, never on a timer.
 Futures are only touched on the loop thread, and a future that is already done (its client
 left, its deadline passed) is skipped, never an error. An engine error fails the batch it hit
 and nothing else; a row of non-finite energies fails the request holding it.
@@ -64,8 +66,6 @@ class _Job:
     results: list[Energies | None] = field(default_factory=list)
     queued: deque[_Seq] = field(default_factory=deque)
     """Its sequences not yet taken into a batch, in order."""
-    remaining: int = 0
-    """Positions in ``queued``: the engine work it still needs."""
     started: float | None = None
     """When its first batch started; ``finished`` when its last one ended."""
     finished: float | None = None
@@ -75,10 +75,11 @@ class _Job:
         return self.future.done()
 
     def priority(self, now: float) -> tuple[float, ...]:
-        """Sort key, first goes first: aged requests oldest first, then the least work left."""
+        """Sort key, first goes first: aged requests oldest first, then the fewest sentences
+        left, then the oldest."""
         if now >= self.enqueued + AGED_AFTER * (self.deadline - self.enqueued):
             return (0, self.enqueued)
-        return (1, self.remaining, self.enqueued)
+        return (1, len(self.queued), self.enqueued)
 
     def deliver(self, slot: int, energies: Energies) -> None:
         if self.future.done():
@@ -157,7 +158,6 @@ class Batcher:
                 f"the queue holds {self._depth} sequences; {len(seqs)} more would pass "
                 f"its limit of {self._max_queue}", retry_after_s=self._retry_after())
         job.queued.extend(_Seq(job, slot, ids) for slot, ids in enumerate(seqs))
-        job.remaining = sum(len(ids) for ids in seqs)
         self._jobs.append(job)
         self._depth += len(seqs)
         self._metrics.queue_depth.set(self._depth)
@@ -236,7 +236,6 @@ class Batcher:
         for job in {id(s.job): s.job for s in batch}.values():
             head = [job.queued.popleft() for _ in range(in_window[id(job)])]
             job.queued.extendleft(reversed([s for s in head if id(s) not in taken]))
-            job.remaining -= sum(len(s.ids) for s in head if id(s) in taken)
         self._depth -= len(batch)
         self._jobs = deque(job for job in self._jobs if job.queued)
         self._metrics.queue_depth.set(self._depth)

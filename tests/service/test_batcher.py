@@ -259,3 +259,28 @@ def test_timing_splits_queue_wait_from_inference() -> None:
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+def test_a_long_sentence_is_not_starved_by_a_stream_of_short_ones() -> None:
+    # One-sentence requests go in arrival order whatever their lengths: ordering by tokens
+    # left made a long sentence wait behind every short one that came after it.
+    async def scenario() -> None:
+        engine = FakeEngine(gated=True)
+        batcher = Batcher(engine, BatchLimits(1024, 2, 64, max_padding=0.05), pad_id=0,
+                          max_queue=64, metrics=Metrics())
+        batcher.start()
+        opener = asyncio.ensure_future(batcher.score([seq(9)], 5))
+        await asyncio.to_thread(engine.entered.wait, 5)
+        long = asyncio.ensure_future(batcher.score([seq(*range(10, 40))], 5))
+        await asyncio.sleep(0)
+        shorts = [asyncio.ensure_future(batcher.score([seq(50 + i)], 5)) for i in range(6)]
+        await asyncio.sleep(0)
+        first = batcher._take_batch()
+        assert [len(s.ids) for s in first] == [32], "the oldest request anchors the batch"
+        for s in first:
+            s.job.deliver(s.slot, np.asarray(expected(s.ids), dtype=np.float32))
+        engine.gate.set()
+        await asyncio.gather(opener, long, *shorts)
+        await batcher.close()
+
+    asyncio.run(scenario())
