@@ -46,7 +46,8 @@ def _service(args: argparse.Namespace) -> int:
                               args.words, args.per_request, args.connections,
                               duration_s=args.duration, warmup_s=args.warmup,
                               engine_batches=args.engine_batches, null_engine=args.null_engine,
-                              client=args.client, batching_off=not args.skip_no_batching)
+                              client=args.client, batching_off=not args.skip_no_batching,
+                              parallel=args.parallel)
     _emit(result, service_load.report(result), args.json)
     return 0
 
@@ -123,6 +124,9 @@ def register(sub: Any) -> None:
                            help="replace the ONNX call by a no-op: what the stack alone costs")
             q.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
                            help="load generator (auto: wrk when installed)")
+            q.add_argument("--parallel", type=int, default=0,
+                           help="batches the service runs at once (ELECTRIC_PARALLEL_BATCHES; "
+                                "0: its own choice)")
             q.add_argument("--skip-no-batching", action="store_true",
                            help="leave out the point with batching off (max_batch_size 1)")
             q.set_defaults(func=_service)

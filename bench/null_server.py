@@ -16,13 +16,17 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from service.engine import CPU
+from service.engine import CPU, cpu_runs
 from service.server import run
 from service.settings import load_settings
 
 
 class NullEngine:
-    """An :class:`~service.engine.EnergyEngine` that costs nothing: zeros, (B, T) float32."""
+    """An :class:`~service.engine.EnergyEngine` that costs nothing: zeros, (B, T) float32.
+    ``parallel_runs``: the batches at once the real engine would take on this machine."""
+
+    def __init__(self, parallel_runs: int = 1):
+        self.parallel_runs = parallel_runs
 
     @property
     def variant(self) -> str:
@@ -38,4 +42,6 @@ class NullEngine:
 
 
 if __name__ == "__main__":
-    run(load_settings(), engine=NullEngine())
+    settings = load_settings()
+    runs, _ = cpu_runs(settings.parallel_batches, settings.intra_op_threads)
+    run(settings, engine=NullEngine(runs))

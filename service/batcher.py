@@ -1,8 +1,8 @@
-"""The asyncio loop around the batching policy: one task, one bounded queue, one engine thread.
+"""The asyncio loop around the batching policy: one task, one bounded queue, engine threads.
 
 Requests add their sequences to the queue and await a future. The loop takes the next batch
-(service/batch_policy.py decides which), runs the engine in a worker thread and hands each request
-its rows. Which request goes next is fewest sentences left first: a request of a few sentences is
+(service/batch_policy.py decides which), runs the engine in a worker thread (up to ``parallel``
+batches at once) and hands each request its rows. Which request goes next is fewest sentences left first: a request of a few sentences is
 not made to wait behind one of 256, and requests with as many sentences left go in arrival order
 whatever their lengths, which answers the most of them in time when the engine is overloaded (a
 round robin answered fewer; ordering by tokens left instead starved the longer sentences of a
@@ -103,7 +103,7 @@ class _Seq:
 
 class Batcher:
     def __init__(self, engine: EnergyEngine, limits: BatchLimits, pad_id: int, max_queue: int,
-                 metrics: Metrics):
+                 metrics: Metrics, parallel: int = 1):
         self._engine = engine
         self._limits = limits
         self._pad_id = pad_id
@@ -117,8 +117,13 @@ class Batcher:
         self._rate = 0.0  # sequences per second, smoothed; sizes Retry-After
         self._failures = 0  # batches failed in a row
         self._task: asyncio.Task[None] | None = None
-        # One thread: the engine runs one batch at a time and uses its own intra-op threads.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="electric-engine")
+        # One thread per batch that may run at once (the engine's parallel_runs): on a GPU one,
+        # which uses the device; on a CPU one per share of the cores.
+        if parallel < 1:
+            raise ValueError(f"parallel is {parallel}; at least one batch must run")
+        self._parallel = parallel
+        self._executor = ThreadPoolExecutor(max_workers=parallel,
+                                            thread_name_prefix="electric-engine")
 
     @property
     def depth(self) -> int:
@@ -194,14 +199,35 @@ class Batcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _loop(self) -> None:
-        while True:
-            if not self._jobs:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch = self._take_batch()
-            if batch:
-                await self._run(batch)
+        """Take a batch whenever one of the ``parallel`` runs is free and work is queued. A
+        batch is taken only when a run can start it, so the next batch is formed from all that
+        arrived meanwhile."""
+        free = asyncio.Semaphore(self._parallel)
+        running: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            free.release()
+
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not self._jobs:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                await free.acquire()
+                batch = self._take_batch() if self._jobs else []
+                if not batch:
+                    free.release()
+                    continue
+                task = loop.create_task(self._run(batch))
+                running.add(task)
+                task.add_done_callback(finished)
+        finally:  # shutting down: the batches in flight fail with 503, as the queue does
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     def _drop_dead(self, now: float) -> None:
         """Fail expired jobs and forget every job that is done (its client left, its deadline
@@ -273,7 +299,8 @@ class Batcher:
             self._metrics.observe_batch(len(batch), int(mask.sum()), padded_cost(
                 [len(s.ids) for s in batch]), elapsed)
         self._failures = 0
-        self._rate = 0.8 * self._rate + 0.2 * len(batch) / max(elapsed, 1e-6)
+        # Several batches may run at once: the queue drains that many times one's rate.
+        self._rate = 0.8 * self._rate + 0.2 * self._parallel * len(batch) / max(elapsed, 1e-6)
         for row, seq in enumerate(batch):
             energies_row = energies[row, :len(seq.ids)]  # (T,) padding cut off
             if np.isfinite(energies_row).all():

@@ -1,8 +1,9 @@
 """ONNX Runtime session that turns padded token ids into per-position energies.
 
 CUDA execution provider with IO binding where onnxruntime-gpu and a GPU are present, the CPU
-provider otherwise. ``run`` blocks and releases the GIL inside ORT; the batcher calls it from
-one worker thread, so a session never sees two batches at once.
+provider otherwise. ``run`` blocks and releases the GIL inside ORT. On a CPU the batcher calls it
+from ``parallel_runs`` worker threads at once (ORT's ``Run`` is thread-safe), each run with its
+share of the cores; on a GPU from one thread.
 """
 
 from __future__ import annotations
@@ -99,6 +100,26 @@ def cpu_budget(cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
     return budget if budget is not None and budget < (os.cpu_count() or budget + 1) else None
 
 
+# Most batches run at once on a CPU when the settings leave it open. Measured on 2 cores only
+# (docs/PERFORMANCE.md); on more, a few runs of several threads each keep a lone request's
+# latency near one run's on all cores.
+MAX_AUTO_RUNS = 4
+
+
+def cpu_runs(parallel_batches: int, intra_op_threads: int) -> tuple[int, int]:
+    """(batches at once, intra-op threads each) on a CPU, from the settings (0: choose).
+
+    Cores are :func:`cpu_budget`'s, else the machine's. Both open: one run per core up to
+    MAX_AUTO_RUNS, the cores shared out among them. One given: the other fills the cores."""
+    cores = cpu_budget() or os.cpu_count() or 1
+    runs, threads = parallel_batches, intra_op_threads
+    if not runs:
+        runs = max(1, cores // threads) if threads else min(MAX_AUTO_RUNS, cores)
+    if not threads:
+        threads = max(1, cores // runs)
+    return runs, threads
+
+
 def session_options(intra_op_threads: int) -> ort.SessionOptions:
     """Session options for one batch at a time; ``intra_op_threads`` 0 means the CPU budget
     (cpu_budget) where one is set, else ORT's default of one thread per physical core."""
@@ -118,10 +139,14 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
 
 
 class OnnxEngine:
-    def __init__(self, session: ort.InferenceSession, variant: str):
+    def __init__(self, session: ort.InferenceSession, variant: str, parallel_runs: int = 1):
         self._session = session
         self._variant = variant
         self._on_gpu = session.get_providers()[0] == CUDA
+        self.parallel_runs = 1 if self._on_gpu else parallel_runs
+        """How many batches the caller may run at once (batcher worker threads)."""
+        self.intra_op_threads = session.get_session_options().intra_op_num_threads
+        """ORT threads per run; 0 is ORT's default (one per physical core)."""
         names = [i.name for i in session.get_inputs()]
         if sorted(names) != sorted(INPUT_NAMES) or OUTPUT_NAME not in [
                 o.name for o in session.get_outputs()]:
@@ -131,9 +156,16 @@ class OnnxEngine:
 
     @classmethod
     def load(cls, folder: Path, manifest: Manifest, requested: VariantChoice,
-             intra_op_threads: int = 0) -> OnnxEngine:
-        """Pick a variant and provider, verify the file's sha256, build the session."""
-        opts = session_options(intra_op_threads)
+             intra_op_threads: int = 0, parallel_batches: int = 1) -> OnnxEngine:
+        """Pick a variant and provider, verify the file's sha256, build the session.
+
+        ``parallel_batches`` is how many batches the caller will run at once on a CPU (0:
+        :func:`cpu_runs` chooses); ``intra_op_threads`` 0 then shares the cores among them.
+        One caller thread (the CLI's scorer) keeps the default of 1 run on all cores."""
+        runs, threads = 1, intra_op_threads
+        if parallel_batches != 1:
+            runs, threads = cpu_runs(parallel_batches, intra_op_threads)
+        opts = session_options(threads)
         if CUDA in ort.get_available_providers():
             variant = choose_variant(requested, manifest.variants, on_gpu=True)
             path = verified_variant_path(folder, manifest, variant)
@@ -151,7 +183,7 @@ class OnnxEngine:
                 logger.warning("CUDA execution provider is installed but unusable; using the CPU")
         variant = choose_variant(requested, manifest.variants, on_gpu=False)
         path = verified_variant_path(folder, manifest, variant)
-        return cls(ort.InferenceSession(str(path), opts, providers=[CPU]), variant)
+        return cls(ort.InferenceSession(str(path), opts, providers=[CPU]), variant, runs)
 
     @property
     def variant(self) -> str:

@@ -329,13 +329,14 @@ class ModelHost:
         provider = engine.providers[0] if engine.providers else "unknown"
         self.limits = resolve_limits(provider == CUDA, s.max_batch_tokens, s.max_batch_size,
                                      s.sort_window, s.max_padding)
+        parallel = getattr(engine, "parallel_runs", 1)  # an injected engine may not say
         self._batcher = Batcher(engine, self.limits, pad_id=manifest.tokenizer.pad_id,
-                                max_queue=s.max_queue, metrics=self.metrics)
+                                max_queue=s.max_queue, metrics=self.metrics, parallel=parallel)
         self._batcher.start()
         self.metrics.model_info.labels(name=manifest.name, variant=engine.variant,
                                        provider=provider).set(1)
-        logger.info("serving %s, variant %s on %s, batching %s", manifest.name, engine.variant,
-                    provider, self.limits)
+        logger.info("serving %s, variant %s on %s, %d batch(es) at once, batching %s",
+                    manifest.name, engine.variant, provider, parallel, self.limits)
         self.phase = Phase.WARMING_UP
         self._warmup = asyncio.get_running_loop().create_task(
             self._warm_up(self.limits.max_batch_tokens))
@@ -354,7 +355,8 @@ class ModelHost:
             raise ArtifactError(f"{path} is not a usable tokenizers file: {exc}") from exc
         try:
             self._engine = self._injected or OnnxEngine.load(
-                folder, manifest, self.settings.variant, self.settings.intra_op_threads)
+                folder, manifest, self.settings.variant, self.settings.intra_op_threads,
+                self.settings.parallel_batches)
         except ArtifactError:
             raise
         except Exception as exc:  # ORT's InvalidProtobuf, Fail, ... on a corrupt model file

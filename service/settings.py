@@ -53,8 +53,16 @@ class Settings(BaseSettings):
     ``dynamic`` scheme scores a sentence differently by batch; ``rowwise`` (the embedded
     model's) and fp32 do not."""
     intra_op_threads: int = Field(default=0, ge=0, le=512)
-    """ONNX Runtime threads per inference; 0 means the container's CPU quota or affinity mask
-    where one is set (ORT itself cannot see cgroup quotas), else one per physical core."""
+    """ONNX Runtime threads per batch. 0: on a CPU, the cores divided among the batches run at
+    once (``parallel_batches``); the cores are the container's CPU quota or affinity mask where
+    one is set (ORT itself cannot see cgroup quotas), else the machine's."""
+    parallel_batches: int = Field(default=0, ge=0, le=64)
+    """Batches the engine runs at once, on one session. 0: on a CPU one per core up to 4
+    (each then single-threaded, unless ``intra_op_threads`` is set: then cores divided by it);
+    on a GPU 1. Two single-threaded batches on two cores score about 1.4x the tokens per second
+    of one two-threaded batch, since ORT's parallel regions scale poorly at these sizes
+    (docs/PERFORMANCE.md); ``1`` with ``intra_op_threads`` equal to the cores is the old
+    one-batch-at-a-time engine, with lower latency for a lone request."""
     host: str = "127.0.0.1"
     """Interface to bind. Containers set 0.0.0.0; the default keeps a laptop run private."""
     port: int = Field(default=8000, ge=1, le=65535)

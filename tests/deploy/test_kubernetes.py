@@ -184,7 +184,9 @@ def test_runs_locked_down(objects: dict[str, Manifest]) -> None:
 def test_threads_match_the_cpu_limit(objects: dict[str, Manifest]) -> None:
     """ONNX Runtime cannot see the cgroup quota; more threads than cores only contend."""
     limit = container(objects)["resources"]["limits"]["cpu"]
-    assert settings_of(objects)["ELECTRIC_INTRA_OP_THREADS"] == str(limit)
+    settings = settings_of(objects)
+    threads = int(settings["ELECTRIC_PARALLEL_BATCHES"]) * int(settings["ELECTRIC_INTRA_OP_THREADS"])
+    assert threads == int(limit)
 
 
 def test_gpu_overlay_asks_for_a_gpu_and_fp16(kubectl: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -284,3 +285,69 @@ def test_a_long_sentence_is_not_starved_by_a_stream_of_short_ones() -> None:
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+class CountingEngine(FakeEngine):
+    """Counts how many batches are inside ``run`` at once."""
+
+    def __init__(self, gated: bool = True):
+        super().__init__(gated=gated)
+        self._lock = threading.Lock()
+        self.inside = 0
+        self.most_inside = 0
+        self.two_inside = threading.Event()
+
+    def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            if self.inside >= 2:
+                self.two_inside.set()
+        try:
+            return super().run(ids, mask)
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+@pytest.mark.parametrize("parallel", [1, 2, 3])
+def test_up_to_parallel_batches_run_at_once(parallel: int) -> None:
+    async def scenario() -> None:
+        engine = CountingEngine()
+        batcher = Batcher(engine, BatchLimits(1024, 1, 64), pad_id=0, max_queue=64,
+                          metrics=Metrics(), parallel=parallel)
+        batcher.start()
+        seqs = [seq(10 + i, 11 + i) for i in range(6)]
+        jobs = [asyncio.ensure_future(batcher.score([s], 5)) for s in seqs]
+        await asyncio.sleep(0.2)  # every free run has taken its batch by now
+        assert engine.inside == parallel and batcher.depth == 6 - parallel
+        engine.gate.set()
+        for job, s in zip(jobs, seqs):
+            assert same_rows(await job, [s])
+        assert engine.most_inside == parallel
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_close_fails_the_batches_in_flight_and_the_queue() -> None:
+    async def scenario() -> None:
+        engine = CountingEngine()
+        batcher = Batcher(engine, BatchLimits(1024, 1, 64), pad_id=0, max_queue=64,
+                          metrics=Metrics(), parallel=2)
+        batcher.start()
+        jobs = [asyncio.ensure_future(batcher.score([seq(10 + i)], 5)) for i in range(4)]
+        await asyncio.to_thread(engine.two_inside.wait, 5)
+        await batcher.close()
+        for job in jobs:
+            with pytest.raises(NotReady):
+                await job
+        engine.gate.set()  # the engine threads finish; nothing is delivered twice
+
+    asyncio.run(scenario())
+
+
+def test_parallel_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="parallel is 0"):
+        Batcher(FakeEngine(), BatchLimits(1024, 1, 64), pad_id=0, max_queue=64,
+                metrics=Metrics(), parallel=0)

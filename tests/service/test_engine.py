@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from service.artifact import ArtifactError, load_manifest
-from service.engine import CPU, OnnxEngine, choose_variant, cpu_budget, warm_up
+from service.engine import CPU, OnnxEngine, choose_variant, cpu_budget, cpu_runs, warm_up
 
 
 @pytest.mark.parametrize("requested, available, on_gpu, expected", [
@@ -78,3 +79,39 @@ def test_cpu_budget_reads_cgroup_v1(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert cpu_budget(tmp_path) == 4
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert cpu_budget(tmp_path) is None
+
+
+@pytest.mark.parametrize(("cores", "parallel", "threads", "want"), [
+    (2, 0, 0, (2, 1)),    # both open: one single-threaded batch per core
+    (16, 0, 0, (4, 4)),   # at most MAX_AUTO_RUNS batches, the cores shared among them
+    (1, 0, 0, (1, 1)),
+    (2, 0, 2, (1, 2)),    # threads given: the batches that fill the cores
+    (8, 2, 0, (2, 4)),    # batches given: the threads that fill the cores
+    (8, 3, 5, (3, 5)),    # both given: as given, even past the cores
+])
+def test_cpu_runs_share_out_the_cores(monkeypatch: pytest.MonkeyPatch, cores: int,
+                                      parallel: int, threads: int,
+                                      want: tuple[int, int]) -> None:
+    monkeypatch.setattr("service.engine.cpu_budget", lambda: cores)
+    assert cpu_runs(parallel, threads) == want
+
+
+def test_parallel_runs_score_as_one_run_does(tiny_artifact: Path) -> None:
+    """Two batches at once on one session give the rows one batch at a time gives."""
+    manifest = load_manifest(tiny_artifact)
+    one = OnnxEngine.load(tiny_artifact, manifest, "fp32", intra_op_threads=1)
+    two = OnnxEngine.load(tiny_artifact, manifest, "fp32", intra_op_threads=1,
+                          parallel_batches=2)
+    assert (one.parallel_runs, two.parallel_runs) == (1, 2)
+    assert two.intra_op_threads == 1
+    rng = np.random.default_rng(0)
+    batches = []
+    for size, length in ((3, 9), (5, 6), (2, 12), (4, 7)):
+        ids = rng.integers(5, 90, (size, length)).astype(np.int64)
+        ids[:, 0], ids[:, -1] = 2, 3
+        batches.append((ids, np.ones_like(ids)))
+    alone = [one.run(ids, mask) for ids, mask in batches]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(lambda b: two.run(*b), batches * 3))
+    for got, want in zip(together, alone * 3):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
