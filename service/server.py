@@ -49,9 +49,6 @@ from service.settings import Settings
 _SHUTDOWN_GRACE_S = 5
 # Largest request line plus headers; larger gets 431. Browsers and proxies stay under 16-32 KiB.
 MAX_HEAD_BYTES = 64 * 1024
-# A lingering close: how long, and how many bytes, to drop while the client takes the answer.
-_LINGER_S = 2.0
-_LINGER_BYTES = 8 << 20
 # Connections past max_connections that may still ask a probe; past these, closed at accept.
 PROBE_SLOTS = 32
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -76,8 +73,10 @@ class Connections:
     refusals in, and which of them are idle (nothing received since connect or since their
     last answer), oldest first, so that a new connection can take an idle one's place."""
 
-    def __init__(self, max_connections: int, header_timeout_s: float, metrics: Metrics | None):
+    def __init__(self, max_connections: int, header_timeout_s: float, metrics: Metrics | None,
+                 linger_s: float = 30.0, linger_idle_s: float = 5.0):
         self.max_connections, self.header_timeout_s = max_connections, header_timeout_s
+        self.linger_s, self.linger_idle_s = linger_s, linger_idle_s
         self.metrics = metrics
         self.idle: dict[BoundedHeadProtocol, None] = {}  # insertion order: idle the longest
 
@@ -130,7 +129,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     shared: Connections  # set by protocol_for
     _head_bytes = -1  # bytes of the current head after its first read; -1 outside a head
     _lingering = False  # answered and closing: what still comes is dropped, never parsed
-    _dropped = 0
+    _last_read = 0.0  # loop time of the last bytes dropped while lingering
     _over_cap = False  # past max_connections: one probe request, nothing else
     _head_timer: asyncio.TimerHandle | None = None
     _head_timeout_s = 0.0
@@ -152,10 +151,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering:
-            self._dropped += len(data)
-            if self._dropped > _LINGER_BYTES:
-                self.transport.close()
+        if self._lingering:  # dropped; the client has sent something, so it is not idle
+            self._last_read = self.loop.time()
             return
         self.shared.idle.pop(self, None)
         if self._head_bytes >= 0:
@@ -267,14 +264,29 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         # A lingering close: closing with the client's bytes unread would reset the
         # connection and could destroy the answer before the client reads it. So send FIN,
         # drop what still comes, and close once the client does (eof_received returns None,
-        # so asyncio closes the transport) or after a grace period.
+        # so asyncio closes the transport), after linger_s in all, or after linger_idle_s
+        # with nothing received: bounded by time as nginx bounds it, never by bytes, since
+        # nothing dropped is kept.
         self._lingering = True
         self.shared.idle.pop(self, None)
         self._cancel_head_timer()
         self.flow.resume_reading()  # paused when a body passed uvicorn's high-water mark
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.loop.call_later(_LINGER_S, self.transport.close)
+        self.loop.call_later(self.shared.linger_s, self.transport.close)
+        self._last_read = self.loop.time()
+        self.loop.call_later(self.shared.linger_idle_s, self._close_if_quiet)
+
+    def _close_if_quiet(self) -> None:
+        """End the lingering close once the client has sent nothing for ``linger_idle_s``;
+        one timer per connection, moved on rather than made anew for every read."""
+        if self.transport.is_closing():
+            return
+        quiet_until = self._last_read + self.shared.linger_idle_s
+        if self.loop.time() >= quiet_until:
+            self.transport.close()
+        else:
+            self.loop.call_at(quiet_until, self._close_if_quiet)
 
 
 def protocol_for(shared: Connections) -> type[BoundedHeadProtocol]:
@@ -334,7 +346,8 @@ def run(settings: Settings | None = None, *, engine: EnergyEngine | None = None)
         _log_access_as_json_lines()
     host = ModelHost(settings, engine)
     connections = Connections(settings.max_connections or default_max_connections(),
-                              settings.header_timeout_s, host.metrics)
+                              settings.header_timeout_s, host.metrics, settings.linger_s,
+                              settings.linger_idle_s)
     config = uvicorn.Config(
         build_app(host), host=settings.host, port=settings.port,
         # uvicorn's own access log is off: it has no JSON form; ours (service/middleware.py) does.

@@ -128,6 +128,15 @@ class Settings(BaseSettings):
     """Time from the end of a POST's head to the first byte of its body (408 after), so that
     a client declaring a body and sending none frees its request slot sooner than
     ``request_timeout_s``, which bounds the whole body."""
+    linger_s: float = Field(default=30.0, gt=0, le=3600)
+    """After answering before a request body has all arrived (413, 408, a refusal), how long
+    the connection keeps reading and dropping what the client still sends, so that a client
+    that writes its whole body before reading (http.client, urllib, requests) gets the answer
+    instead of a reset. Nothing dropped is kept: memory does not grow with the body. nginx
+    bounds its lingering close the same way (lingering_time 30 s)."""
+    linger_idle_s: float = Field(default=5.0, gt=0, le=3600)
+    """The lingering close also ends when the client sends nothing for this long (nginx's
+    lingering_timeout, 5 s)."""
     max_connections: int | None = Field(default=None, ge=1)
     """Open connections served normally. Past it an idle connection (nothing sent since
     connect or since its last answer) is closed to make room; when none is idle, a new

@@ -174,7 +174,7 @@ def test_one_client_address_holds_at_most_its_share_of_slots(strict: int) -> Non
 def test_a_client_sending_a_large_body_before_reading_gets_its_413(strict: int) -> None:
     """urllib writes the whole body, then reads: without a lingering close the server's
     close would reset the connection and the 413 would be lost."""
-    for size in (1_100_000, 3_000_000, 6_000_000):
+    for size in (1_100_000, 3_000_000, 6_000_000, 20_000_000, 50_000_000):
         request = urllib.request.Request(
             f"http://127.0.0.1:{strict}/v1/score", data=b"x" * size,
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
@@ -182,6 +182,25 @@ def test_a_client_sending_a_large_body_before_reading_gets_its_413(strict: int) 
             urllib.request.urlopen(request, timeout=10)
         assert refused.value.code == 413, size
         assert f"{size} bytes" in json.loads(refused.value.read())["error"]["message"]
+
+
+def test_a_lingering_close_ends_when_the_client_goes_quiet(fake_artifact: Path) -> None:
+    """After its 413 the server drops what still comes, and closes once nothing has come for
+    linger_idle_s, well before linger_s."""
+    port = free_port()
+    env = server_env(fake_artifact, port, ELECTRIC_LINGER_IDLE_S="0.5", ELECTRIC_LINGER_S="20")
+    with server_process(port, env, SERVE_FAKE), _connect(port) as conn:
+        conn.sendall(b"POST /v1/score HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000000\r\n\r\n" + b"x" * 100_000)
+        started = time.monotonic()
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += conn.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413")
+        conn.sendall(b"x" * 100_000)  # still dropped, not a reset
+        while conn.recv(65536):  # the rest of the answer, then the server's close
+            pass
+        assert time.monotonic() - started < 10
 
 
 def test_head_answers_like_get_without_a_body(strict: int) -> None:
