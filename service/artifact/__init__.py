@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+logger = logging.getLogger("electric.service")
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "electric.json"
@@ -160,11 +163,11 @@ def load_manifest(folder: Path) -> Manifest:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
-        found = raw.get("format_version") if isinstance(raw, dict) else None
-        raise ArtifactError(f"{path}: format_version {found!r}, this build reads {FORMAT_VERSION}")
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{path} holds a JSON {type(raw).__name__}, not an object")
+    _check_format(path, raw.get("format_version"))
     try:
-        manifest = Manifest.model_validate(raw)
+        manifest = Manifest.model_validate(_known_fields(path, raw))
     except ValueError as exc:
         raise ArtifactError(f"{path} does not match the manifest schema: {exc}") from exc
     if not manifest.variants:
@@ -172,6 +175,48 @@ def load_manifest(folder: Path) -> Manifest:
     if not (folder / manifest.tokenizer.file).is_file():
         raise ArtifactError(f"{folder} lacks the tokenizer file {manifest.tokenizer.file}")
     return manifest
+
+
+def _check_format(path: Path, found: object) -> None:
+    """The manifest's format version, which changes only when an older build could not serve
+    the artifact correctly; fields added within a version are optional (_known_fields)."""
+    if isinstance(found, bool) or not isinstance(found, int) or found < 1:
+        raise ArtifactError(f"{path}: format_version is {found!r}; an artifact manifest has a "
+                            f"whole number from 1 (this build reads {FORMAT_VERSION})")
+    if found > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has format_version {found}, written by a newer electric; this build reads "
+            f"format {FORMAT_VERSION}: upgrade electric to a release that reads format "
+            f"{found} to serve it")
+    if found < FORMAT_VERSION:
+        raise ArtifactError(f"{path} has format_version {found}, older than this build reads "
+                            f"({FORMAT_VERSION}): export it again with this electric")
+
+
+def _known_fields(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` without the fields this build does not know, named in one warning.
+
+    Within a format version a newer build may add optional fields; an older build ignores
+    them (and says so) rather than refusing an artifact it can serve. A field it knows with
+    a wrong value is still an error."""
+    try:
+        Manifest.model_validate(raw)
+    except ValidationError as exc:
+        unknown = [e["loc"] for e in exc.errors() if e["type"] == "extra_forbidden"]
+    else:
+        return raw
+    if not unknown:
+        return raw
+    cleaned: dict[str, Any] = json.loads(json.dumps(raw))
+    for loc in unknown:
+        parent: Any = cleaned
+        for key in loc[:-1]:
+            parent = parent[key]
+        del parent[loc[-1]]
+    names = ", ".join(".".join(str(k) for k in loc) for loc in unknown)
+    logger.warning("%s: ignoring %d field(s) this build does not know (written by a newer "
+                   "electric, or misspelt): %s", path, len(unknown), names)
+    return cleaned
 
 
 def verified_variant_path(folder: Path, manifest: Manifest, variant: VariantName) -> Path:
