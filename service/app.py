@@ -44,6 +44,7 @@ from service.middleware import (
     RequestMetrics,
 )
 from service.model_host import ModelHost
+from service.proxies import TrustedProxies, parse_networks
 from service.request_context import RequestContext
 from service.schemas import (
     ErrorBody,
@@ -215,6 +216,9 @@ def build_app(host: ModelHost) -> FastAPI:
     app.add_middleware(RequestContext)
     # Outermost: it also counts and logs what the limits refuse.
     app.add_middleware(RequestMetrics, metrics=host.metrics, access_log=settings.access_log)
+    if settings.trusted_proxies:
+        # Before everything that reads the client's address: the limits and the access log.
+        app.add_middleware(TrustedProxies, trusted=parse_networks(settings.trusted_proxies))
     return app
 
 

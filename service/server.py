@@ -353,5 +353,8 @@ def run(settings: Settings | None = None, *, engine: EnergyEngine | None = None)
         # uvicorn's own access log is off: it has no JSON form; ours (service/middleware.py) does.
         log_level=settings.log_level, access_log=False, lifespan="on",
         http=protocol_for(connections),
-        timeout_graceful_shutdown=_SHUTDOWN_GRACE_S, server_header=False)
+        timeout_graceful_shutdown=_SHUTDOWN_GRACE_S, server_header=False,
+        # The client's address comes from trusted_proxies alone (service/proxies.py), never
+        # from uvicorn's default trust of X-Forwarded-For sent over loopback.
+        proxy_headers=False)
     DrainingServer(config, host).run()

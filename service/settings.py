@@ -147,7 +147,14 @@ class Settings(BaseSettings):
     """POST requests one client address may have in progress at once (429 past it); 0 is off,
     the default. Behind a Kubernetes Service, an ingress or any proxy, every request may
     arrive from one of a few addresses, so set it only where clients reach the pod directly
-    (or where uvicorn is told to trust the proxy's X-Forwarded-For)."""
+    (or where ``trusted_proxies`` names the proxies, so the real client is known)."""
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated addresses or CIDR networks of the proxies in front (an ingress
+    controller's pods, a load balancer: ``10.0.0.0/8,fd00::/8``). A request whose connection
+    comes from one of them is taken to come from the client its ``Forwarded`` or
+    ``X-Forwarded-For`` header records (the nearest untrusted hop), for the per-client limit
+    and the access log. From any other address the headers are ignored, so a client cannot
+    claim another's address. Empty (the default): the connection's peer is the client."""
     drain_timeout_s: float = Field(default=20.0, ge=0, le=3600)
     """On SIGTERM, how long to keep working through admitted requests before exiting. Keep it
     under the pod's terminationGracePeriodSeconds."""
@@ -165,11 +172,19 @@ class Settings(BaseSettings):
     """Comma-separated origins (``https://app.example.com``, or ``*``) whose browser pages may
     call the API. Empty (the default): no CORS headers, so browsers keep other sites out."""
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        from service.proxies import parse_networks
+
+        parse_networks(value)
         return value
 
     @model_validator(mode="after")
