@@ -69,7 +69,8 @@ endif
 endif
 
 lock: $(VENV)/.dev-installed
-	$(UV_COMPILE) --extra cpu --extra export --extra dev $(CPU_TORCH) -o requirements/test.txt
+	$(UV_COMPILE) --extra cpu --extra export --extra dev --extra bulk $(CPU_TORCH) \
+		-o requirements/test.txt
 	$(UV_COMPILE) --extra cpu --extra export $(CPU_TORCH) $(PINNED) -o requirements/export.txt
 	$(UV_COMPILE) --extra cpu --universal --python-version 3.11 $(PINNED) -o requirements/serve.txt
 	$(UV_COMPILE) requirements/gpu.in --extra gpu --universal --python-version 3.11 $(PINNED) \

@@ -30,6 +30,9 @@ EXTRAS: dict[str, tuple[str, str]] = {
                             "(requirements/gpu.txt on a CUDA machine)")),
     "sacrebleu": ("mt", _FROM_TEST_LOCK),
     "matplotlib": ("bench", _FROM_TEST_LOCK),
+    "ray": ("bulk", _FROM_TEST_LOCK),
+    "pyarrow": ("bulk", _FROM_TEST_LOCK),
+    "pandas": ("bulk", _FROM_TEST_LOCK),
     "transformers": ("dev", _FROM_TEST_LOCK),
 }
 

@@ -26,7 +26,7 @@ REQUIREMENTS = ROOT / "requirements"
 # pip, setuptools and wheel that a new venv starts with).
 SETS: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...]]] = {
     "serve": (("cpu",), ("build.in",)),
-    "test": (("cpu", "export", "dev"), ("build.in",)),
+    "test": (("cpu", "export", "dev", "bulk"), ("build.in",)),
     "export": (("cpu", "export"), ("build.in",)),
     "gpu": (("gpu",), ("build.in", "gpu.in")),
     "build": (None, ("build.in",)),

@@ -1,11 +1,12 @@
-"""The service wing's commands (serve, score, rerank, tune), registered by electric/cli.py."""
+"""The service wing's commands (serve, score, rerank, tune, bulk), registered by
+electric/cli.py."""
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-COMMANDS = ("serve", "score", "rerank", "tune")
+COMMANDS = ("serve", "score", "rerank", "tune", "bulk")
 
 
 def register(sub: Any) -> None:
