@@ -87,3 +87,29 @@ def test_core_module_loads_without_an_http_stack(module: str) -> None:
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == "[]", f"service.{module} pulls in {out}"
+
+
+def test_the_import_graph_has_no_circle() -> None:
+    graph = imports()
+
+    def module_of(name: str) -> str | None:
+        """The project module an import names (``from a.b import c`` may name a.b.c)."""
+        while name and name not in graph:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    edges = {m: {t for n in names if (t := module_of(n)) and t != m}
+             for m, names in graph.items()}
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            pytest.fail("import circle: " + " -> ".join(path[path.index(module):] + [module]))
+        if module in done:
+            return
+        for target in sorted(edges[module]):
+            visit(target, [*path, module])
+        done.add(module)
+
+    for module in sorted(edges):
+        visit(module, [])
