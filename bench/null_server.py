@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from service.engine import CPU, cpu_runs
+from service.engine import cpu_runs
+from service.providers import CPU
 from service.server import run
 from service.settings import load_settings
 

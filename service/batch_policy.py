@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from service.providers import Provider
+
 
 @dataclass(frozen=True)
 class BatchLimits:
@@ -34,22 +36,15 @@ class BatchLimits:
             raise ValueError(f"max_padding {self.max_padding} is not a fraction")
 
 
-# Defaults by device for what the settings leave unset. On a CPU a padded position costs as much
-# as a real one and tokens/s is flat past a few rows, so small batches with little padding cost
-# nothing and keep latency down. On a GPU wide batches are what pays, and padding is cheaper
-# than a narrow batch. The figures behind both: docs/PERFORMANCE.md.
-AUTO_BATCH_TOKENS = {False: 1024, True: 16384}
-AUTO_MAX_PADDING = {False: 0.05, True: 0.5}
-
-
-def resolve_limits(on_gpu: bool, max_batch_tokens: int | None, max_batch_size: int,
+def resolve_limits(provider: Provider, max_batch_tokens: int | None, max_batch_size: int,
                    sort_window: int, max_padding: float | None) -> BatchLimits:
-    """The limits to batch with: the settings, with device defaults where they are unset."""
+    """The limits to batch with: the settings, with the provider's defaults
+    (service/providers.py, which says why they differ) where they are unset."""
     return BatchLimits(
-        max_batch_tokens=AUTO_BATCH_TOKENS[on_gpu] if max_batch_tokens is None
+        max_batch_tokens=provider.max_batch_tokens if max_batch_tokens is None
         else max_batch_tokens,
         max_batch_size=max_batch_size, sort_window=sort_window,
-        max_padding=AUTO_MAX_PADDING[on_gpu] if max_padding is None else max_padding)
+        max_padding=provider.max_padding if max_padding is None else max_padding)
 
 
 def padded_cost(lengths: Sequence[int]) -> int:

@@ -28,21 +28,13 @@ from service.artifact import (
     VariantName,
     verified_variant_path,
 )
+from service.providers import CPU, ORDER, PROVIDERS, Provider, provider_of
 from service.settings import VariantChoice
 
 logger = logging.getLogger("electric.service")
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-# What a session that cannot start on CUDA raises (missing libraries, no device, no memory).
+# What a session that cannot start on a device raises (missing libraries, no device, no memory).
 _ORT_ERRORS = (ort_state.Fail, ort_state.EPFail, ort_state.RuntimeException, RuntimeError)
-
-# fp16 needs tensor cores to pay off and int8 (dynamic quantisation: MatMulInteger) has no
-# fast CUDA kernels, so the preference order depends on where the model runs.
-_AUTO_ORDER: dict[bool, tuple[VariantName, ...]] = {
-    True: ("fp16", "fp32", "int8"),
-    False: ("int8", "fp32", "fp16"),
-}
 
 
 class EnergyEngine(Protocol):
@@ -60,14 +52,14 @@ class EnergyEngine(Protocol):
 
 
 def choose_variant(requested: VariantChoice, available: Collection[str],
-                   on_gpu: bool) -> VariantName:
-    """The variant to load: the one asked for, or for ``auto`` the best this device runs."""
+                   provider: Provider) -> VariantName:
+    """The variant to load: the one asked for, or for ``auto`` the best ``provider`` runs."""
     if requested != "auto":
         if requested not in available:
             raise ArtifactError(
                 f"variant {requested!r} is not in the artifact; it has {sorted(available)}")
         return requested
-    for name in _AUTO_ORDER[on_gpu]:
+    for name in provider.variants:
         if name in available:
             return name
     raise ArtifactError("the artifact lists no variants")
@@ -142,8 +134,9 @@ class OnnxEngine:
     def __init__(self, session: ort.InferenceSession, variant: str, parallel_runs: int = 1):
         self._session = session
         self._variant = variant
-        self._on_gpu = session.get_providers()[0] == CUDA
-        self.parallel_runs = 1 if self._on_gpu else parallel_runs
+        self.provider = provider_of(session.get_providers()[0])
+        """The table row of the provider that runs it (service/providers.py)."""
+        self.parallel_runs = parallel_runs if self.provider.parallel_batches else 1
         """How many batches the caller may run at once (batcher worker threads)."""
         self.intra_op_threads = session.get_session_options().intra_op_num_threads
         """ORT threads per run; 0 is ORT's default (one per physical core)."""
@@ -166,22 +159,24 @@ class OnnxEngine:
         if parallel_batches != 1:
             runs, threads = cpu_runs(parallel_batches, intra_op_threads)
         opts = session_options(threads)
-        if CUDA in ort.get_available_providers():
-            variant = choose_variant(requested, manifest.variants, on_gpu=True)
+        installed = set(ort.get_available_providers())
+        for name in ORDER:
+            if name == CPU or name not in installed:
+                continue
+            provider = PROVIDERS[name]
+            variant = choose_variant(requested, manifest.variants, provider)
             path = verified_variant_path(folder, manifest, variant)
-            # kSameAsRequested: batch shapes vary with every request mix; the default
-            # power-of-two arena growth would hold on to twice the memory it needs.
-            cuda = (CUDA, {"device_id": 0, "arena_extend_strategy": "kSameAsRequested"})
             try:
-                session = ort.InferenceSession(str(path), opts, providers=[cuda, CPU])
+                session = ort.InferenceSession(str(path), opts,
+                                               providers=[(name, provider.options), CPU])
             except _ORT_ERRORS as exc:
-                logger.warning("CUDA session failed (%s); using the CPU", exc)
-            else:
-                if session.get_providers()[0] == CUDA:
-                    return cls(session, variant)
-                # onnxruntime-gpu installed on a machine without a usable GPU.
-                logger.warning("CUDA execution provider is installed but unusable; using the CPU")
-        variant = choose_variant(requested, manifest.variants, on_gpu=False)
+                logger.warning("%s session failed (%s); trying the next provider", name, exc)
+                continue
+            if session.get_providers()[0] == name:
+                return cls(session, variant, runs)
+            # e.g. onnxruntime-gpu installed on a machine without a usable GPU.
+            logger.warning("%s is installed but unusable; trying the next provider", name)
+        variant = choose_variant(requested, manifest.variants, PROVIDERS[CPU])
         path = verified_variant_path(folder, manifest, variant)
         return cls(ort.InferenceSession(str(path), opts, providers=[CPU]), variant, runs)
 
@@ -194,18 +189,19 @@ class OnnxEngine:
         return list(self._session.get_providers())
 
     def run(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> NDArray[np.float32]:
-        if self._on_gpu:
-            return self._run_bound(ids, mask)
+        if self.provider.bind_output_to is not None:
+            return self._run_bound(ids, mask, self.provider.bind_output_to)
         (energies,) = self._session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})
         return np.asarray(energies, dtype=np.float32)  # (B, T)
 
-    def _run_bound(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> NDArray[np.float32]:
+    def _run_bound(self, ids: NDArray[np.int64], mask: NDArray[np.int64],
+                   device: str) -> NDArray[np.float32]:
         # IO binding: inputs go to the device once, the output is allocated there and copied
         # back once, instead of ORT staging both through its own CPU buffers.
         binding = self._session.io_binding()
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
-        binding.bind_output(OUTPUT_NAME, "cuda", 0)
+        binding.bind_output(OUTPUT_NAME, device, 0)
         self._session.run_with_iobinding(binding)
         (energies,) = binding.copy_outputs_to_cpu()
         return np.asarray(energies, dtype=np.float32)  # (B, T)

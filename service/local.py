@@ -35,7 +35,8 @@ from numpy.typing import NDArray
 from service.artifact import load_manifest
 from service.batch_policy import BatchLimits, drain, pad, resolve_limits
 from service.client import AsyncElectricClient, ElectricError
-from service.engine import CUDA, EnergyEngine, OnnxEngine
+from service.engine import EnergyEngine, OnnxEngine
+from service.providers import provider_of
 from service.schemas import SentenceScore
 from service.scoring import EMPTY, Scored, Weights, sentence_score
 from service.settings import VariantChoice, default_artifact
@@ -104,8 +105,8 @@ class InProcessScorer:
         self.tokenizer = SentenceTokenizer.from_file(
             folder / self.manifest.tokenizer.file, self.manifest.architecture.max_positions)
         self.engine = engine or OnnxEngine.load(folder, self.manifest, variant, threads)
-        on_gpu = self.engine.providers[:1] == [CUDA]
-        self.limits = resolve_limits(on_gpu, None, MAX_BATCH_SIZE, window, None)
+        provider = provider_of(self.engine.providers[0] if self.engine.providers else None)
+        self.limits = resolve_limits(provider, None, MAX_BATCH_SIZE, window, None)
         self._window = window
 
     def defaults(self) -> Weights:

@@ -25,9 +25,10 @@ from service.artifact import ArtifactError, Manifest, RankPrior, load_manifest
 from service.batch_policy import BatchLimits, resolve_limits
 from service.batcher import Batcher
 from service.disconnect import unless_client_leaves
-from service.engine import CUDA, EnergyEngine, OnnxEngine, warm_up
+from service.engine import EnergyEngine, OnnxEngine, warm_up
 from service.errors import DeadlineExceeded, NotReady, PayloadTooLarge, ServiceError, too_long
 from service.metrics import Metrics
+from service.providers import provider_of
 from service.schemas import ModelInfo
 from service.scoring import EMPTY, Scored, Weights, resolve_weights, sentence_score
 from service.settings import Settings
@@ -327,8 +328,10 @@ class ModelHost:
             raise
         engine, manifest, s = self.engine, self.manifest, self.settings
         provider = engine.providers[0] if engine.providers else "unknown"
-        self.limits = resolve_limits(provider == CUDA, s.max_batch_tokens, s.max_batch_size,
-                                     s.sort_window, s.max_padding)
+        self.limits = resolve_limits(provider_of(engine.providers[0] if engine.providers
+                                                 else None),
+                                     s.max_batch_tokens, s.max_batch_size, s.sort_window,
+                                     s.max_padding)
         parallel = getattr(engine, "parallel_runs", 1)  # an injected engine may not say
         self._batcher = Batcher(engine, self.limits, pad_id=manifest.tokenizer.pad_id,
                                 max_queue=s.max_queue, metrics=self.metrics, parallel=parallel)

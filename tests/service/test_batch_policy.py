@@ -14,6 +14,7 @@ from service.batch_policy import (
     padded_cost,
     resolve_limits,
 )
+from service.providers import CPU, CUDA, PROVIDERS
 
 CASES = [
     # (lengths oldest first, max_batch_tokens, max_batch_size, sort_window, expected indices)
@@ -70,10 +71,10 @@ def test_padding_cap(lengths: list[int], max_padding: float, expected: list[int]
 
 
 def test_device_defaults_fill_only_what_is_unset() -> None:
-    cpu = resolve_limits(False, None, 64, 256, None)
-    gpu = resolve_limits(True, None, 64, 256, None)
+    cpu = resolve_limits(PROVIDERS[CPU], None, 64, 256, None)
+    gpu = resolve_limits(PROVIDERS[CUDA], None, 64, 256, None)
     assert cpu.max_batch_tokens < gpu.max_batch_tokens and cpu.max_padding < gpu.max_padding
-    pinned = resolve_limits(True, 2048, 8, 16, 0.3)
+    pinned = resolve_limits(PROVIDERS[CUDA], 2048, 8, 16, 0.3)
     assert pinned == BatchLimits(2048, 8, 16, 0.3)
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from service.artifact import ArtifactError, load_manifest
-from service.engine import CPU, OnnxEngine, choose_variant, cpu_budget, cpu_runs, warm_up
+from service.engine import OnnxEngine, choose_variant, cpu_budget, cpu_runs, warm_up
+from service.providers import CPU, CUDA, PROVIDERS, provider_of
 
 
 @pytest.mark.parametrize("requested, available, on_gpu, expected", [
@@ -25,12 +26,13 @@ from service.engine import CPU, OnnxEngine, choose_variant, cpu_budget, cpu_runs
 ])
 def test_choose_variant(requested: str, available: set[str], on_gpu: bool,
                         expected: str) -> None:
-    assert choose_variant(requested, available, on_gpu) == expected  # type: ignore[arg-type]
+    provider = PROVIDERS[CUDA if on_gpu else CPU]
+    assert choose_variant(requested, available, provider) == expected  # type: ignore[arg-type]
 
 
 def test_a_missing_variant_is_a_clear_error() -> None:
     with pytest.raises(ArtifactError, match="fp16.*int8"):
-        choose_variant("fp16", {"int8"}, on_gpu=False)
+        choose_variant("fp16", {"int8"}, PROVIDERS[CPU])
 
 
 def test_engine_runs_on_cpu_and_reports_providers(tiny_artifact: Path) -> None:
@@ -115,3 +117,12 @@ def test_parallel_runs_score_as_one_run_does(tiny_artifact: Path) -> None:
         together = list(pool.map(lambda b: two.run(*b), batches * 3))
     for got, want in zip(together, alone * 3):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_every_provider_row_is_whole() -> None:
+    for name, row in PROVIDERS.items():
+        assert row.name == name and set(row.variants) == {"fp32", "fp16", "int8"}
+        assert row.max_batch_tokens > 0 and 0 <= row.max_padding <= 1
+    assert PROVIDERS[CPU].bind_output_to is None and PROVIDERS[CUDA].bind_output_to == "cuda"
+    assert provider_of("FakeExecutionProvider") is PROVIDERS[CPU]  # batches as on a CPU
+    assert provider_of(None) is PROVIDERS[CPU]
