@@ -38,6 +38,7 @@ import httpx
 from bench.launch import Server, proc_status
 from bench.machine import describe
 from bench.memory_load import WORDS
+from bench.timing import percentiles
 
 WARMUP_S = 120.0
 
@@ -156,13 +157,6 @@ def _slow_client(url: str, tally: Tally) -> Callable[[random.Random], None]:
     return step
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
 def run(seconds: float, interval: float) -> dict[str, Any]:
     with Server({"request_timeout_s": 30}) as server:
         url, pid = server.url, server.pid
@@ -192,14 +186,15 @@ def run(seconds: float, interval: float) -> dict[str, Any]:
         while time.monotonic() < stop:
             time.sleep(min(interval, max(0.0, stop - time.monotonic())))
             latencies = tally.take_latencies()
+            ms = percentiles(latencies) if latencies else {}
             samples.append({
                 "t_s": round(time.monotonic() - start, 1),
                 "rss_mib": round(proc_status(pid, "VmRSS") / 1024, 1),
                 "fds": len(os.listdir(f"/proc/{pid}/fd")),
                 "threads": proc_status(pid, "Threads"),
                 "answered": len(latencies),
-                "p50_ms": _percentile(latencies, 0.5),
-                "p99_ms": _percentile(latencies, 0.99)})
+                "p50_ms": ms.get("p50"),
+                "p99_ms": ms.get("p99")})
         for t in threads:
             t.join(timeout=90)
         metrics = server.metrics()
