@@ -15,7 +15,6 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 
@@ -39,6 +38,7 @@ from service.middleware import (
     ApiKeys,
     BodyLimit,
     ConcurrencyLimit,
+    GzipWhenAsked,
     HeadAsGet,
     JsonContentType,
     RequestMetrics,
@@ -176,7 +176,10 @@ def build_app(host: ModelHost) -> FastAPI:
                           "Electric energy model (Clark et al. 2020).",
                   docs_url=None, redoc_url=None,  # served offline by service/docs_ui.py
                   # No trailing-slash redirect: its Location would repeat the client's Host.
-                  redirect_slashes=False, lifespan=lifespan)
+                  redirect_slashes=False, lifespan=lifespan,
+                  # FastAPI's own OpenTelemetry asks the global providers on every request;
+                  # the service's metrics are Prometheus's (service/metrics.py).
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     settings = host.settings
     install_error_handlers(app, host.metrics.reject)
     app.include_router(v1)
@@ -187,9 +190,10 @@ def build_app(host: ModelHost) -> FastAPI:
                  else (authorized,), keys_required=bool(settings.api_keys))
     install_ui(app)  # GET / and /ui: the browser page (service/ui.py)
     # Each add_middleware wraps what is already there: the last added runs first.
-    app.add_middleware(ScoreFastLane, host=host)  # innermost: beside the router
     app.add_middleware(HeadAsGet)
     app.add_middleware(JsonContentType)
+    # Inside the limits; what it does not answer goes on to the two above and the router.
+    app.add_middleware(ScoreFastLane, host=host)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        timeout_s=settings.request_timeout_s, metrics=host.metrics,
                        start_timeout_s=settings.body_start_timeout_s)
@@ -211,7 +215,7 @@ def build_app(host: ModelHost) -> FastAPI:
                             "X-Inference-Time"], max_age=600)
     # Only for clients that ask (Accept-Encoding: gzip) and bodies worth it. Level 1, not
     # Starlette's 9: nearly the same size for a tenth of the time (docs/SERVICE.md, "gzip").
-    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=1)
+    app.add_middleware(GzipWhenAsked, minimum_size=1024, compresslevel=1)
     # Outermost but one: every response, refusals included, carries the request id and timing.
     app.add_middleware(RequestContext)
     # Outermost: it also counts and logs what the limits refuse.

@@ -1,6 +1,6 @@
 """ASGI middleware: API keys, admission limits (concurrent requests in all and per client
-address, body size and time), HEAD as GET, JSON bodies whatever the declared type,
-per-request metrics and the access log.
+address, body size and time), HEAD as GET, JSON bodies whatever the declared type, gzip for
+clients that ask, per-request metrics and the access log.
 
 Plain ASGI rather than Starlette's BaseHTTPMiddleware, which runs the app in another task and
 so hides a client disconnect from the handler (the batcher drops a gone client's work).
@@ -16,8 +16,10 @@ import logging
 import time
 from collections.abc import Collection
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import SecretStr
+from starlette.middleware.gzip import GZipResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import (
@@ -276,6 +278,33 @@ class JsonContentType:
         await self.app(scope, receive, send)
 
 
+class GzipWhenAsked:
+    """gzip for a client that sends ``Accept-Encoding: gzip``, by Starlette's own responder
+    (bodies of at least ``minimum_size`` bytes, streamed ones too); every other request passes
+    untouched.
+
+    Starlette's GZipMiddleware also wraps the answers of clients that do not ask, to parse
+    their headers and add ``Vary: Accept-Encoding`` to the large ones. Under one-sentence
+    requests that wrapping cost more than the request's validation (docs/PERFORMANCE.md); an
+    uncompressed answer is the same whichever coding was asked for, so nothing needs the Vary.
+    """
+
+    def __init__(self, app: ASGIApp, minimum_size: int, compresslevel: int):
+        self.app, self.minimum_size, self.compresslevel = app, minimum_size, compresslevel
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"accept-encoding":
+                    if b"gzip" in value:
+                        responder = GZipResponder(self.app, self.minimum_size,
+                                                  compresslevel=self.compresslevel)
+                        await responder(scope, receive, send)
+                        return
+                    break
+        await self.app(scope, receive, send)
+
+
 class RequestMetrics:
     """requests_total{endpoint,status}, request_duration_seconds{endpoint}, in-flight gauge;
     with ``access_log``, one JSON line per request on the ``electric.access`` logger.
@@ -286,6 +315,9 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = False):
         self.app, self.metrics, self.access_log = app, metrics, access_log
+        # prometheus_client's labels() hashes and locks on every call: keep the children.
+        self._counted: dict[tuple[str, int], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -311,8 +343,16 @@ class RequestMetrics:
         finally:
             elapsed = time.perf_counter() - start
             self.metrics.in_flight.dec()
-            self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
-            self.metrics.request_duration.labels(endpoint=endpoint).observe(elapsed)
+            counted = self._counted.get((endpoint, status))
+            if counted is None:
+                counted = self._counted[endpoint, status] = self.metrics.requests.labels(
+                    endpoint=endpoint, status=str(status))
+            counted.inc()
+            timed = self._timed.get(endpoint)
+            if timed is None:
+                timed = self._timed[endpoint] = self.metrics.request_duration.labels(
+                    endpoint=endpoint)
+            timed.observe(elapsed)
             if self.access_log:
                 _log_access(scope, status, elapsed, sent_bytes)
 

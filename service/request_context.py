@@ -19,7 +19,6 @@ import re
 import time
 import uuid
 
-from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,8 +38,8 @@ def request_id_of(header: bytes | None) -> str:
     return uuid.uuid4().hex
 
 
-def _ms(seconds: float) -> str:
-    return str(round(seconds * 1000))
+def _ms(seconds: float) -> bytes:
+    return b"%d" % round(seconds * 1000)
 
 
 class RequestContext:
@@ -69,13 +68,16 @@ class RequestContext:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                headers = MutableHeaders(scope=message)
-                headers["x-request-id"] = request_id
-                headers["x-total-time"] = _ms(time.perf_counter() - start)
+                # Appended as raw pairs: nothing inside sets these names.
+                headers = message.setdefault("headers", [])
+                if not isinstance(headers, list):
+                    headers = message["headers"] = list(headers)
+                headers.append((b"x-request-id", request_id.encode("ascii")))
+                headers.append((b"x-total-time", _ms(time.perf_counter() - start)))
                 if timing.queue_s:
-                    headers["x-queue-time"] = _ms(timing.queue_s)
+                    headers.append((b"x-queue-time", _ms(timing.queue_s)))
                 if timing.inference_s:
-                    headers["x-inference-time"] = _ms(timing.inference_s)
+                    headers.append((b"x-inference-time", _ms(timing.inference_s)))
             await send(message)
 
         token = current_timing.set(timing)
