@@ -174,14 +174,16 @@ class Batcher:
         """Energies (one (T,) row per sequence, specials included) within ``timeout_s``;
         ``timing`` gets the request's time in the queue and in batches added to it."""
         job = self._enqueue(seqs, timeout_s)
+        # At the deadline the job fails; when the caller is cancelled, so is the future it
+        # awaits. Either way the job is done and the loop drops its queued sequences unrun.
+        # (One timer, not asyncio.wait_for's future, callbacks and timer per request.)
+        expiry = asyncio.get_running_loop().call_at(
+            job.deadline, job.fail,
+            DeadlineExceeded(f"not scored within the request deadline of {timeout_s:g} s"))
         try:
-            # On timeout or when the caller is cancelled, wait_for cancels the future; the
-            # loop then drops the request's queued sequences unrun.
-            return await asyncio.wait_for(job.future, timeout_s)
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(
-                f"not scored within the request deadline of {timeout_s:g} s") from None
+            return await job.future
         finally:
+            expiry.cancel()
             if timing is not None and job.started is not None:
                 timing.queue_s += job.started - job.enqueued
                 timing.inference_s += (job.finished or job.started) - job.started
