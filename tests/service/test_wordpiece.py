@@ -16,7 +16,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "models" / "electric-minilm" / "
 
 EDGES = ["", " ", "   ", "[SEP]", "[cls] [MASK] x", "a" * 100, "a" * 101, "qzxjkvqqwpf",
          "don't", "U.S.A. 3.14 $5", "x_y~z`w", "Hello,World!!", "  leading and trailing  ",
-         "MiXeD CaSe WoRdS", "supercalifragilisticexpialidocious " * 3, "#1 ##2 ###",
+         "MiXeD CaSe WoRdS", "supercalifragilisticexpialidocious " * 3, "a ##ing ###",
          "ÄÖ naïve", "tab\there", "line\nbreak", "日本語 text", "zero\u200bwidth", "\x00\x07"]
 
 
