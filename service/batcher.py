@@ -101,6 +101,11 @@ class _Seq:
     ids: NDArray[np.int64]
 
 
+def _expire(job: _Job, timeout_s: float) -> None:
+    """A job's deadline passed: its caller gets the refusal (the error is made only then)."""
+    job.fail(DeadlineExceeded(f"not scored within the request deadline of {timeout_s:g} s"))
+
+
 class Batcher:
     def __init__(self, engine: EnergyEngine, limits: BatchLimits, pad_id: int, max_queue: int,
                  metrics: Metrics, parallel: int = 1):
@@ -177,9 +182,7 @@ class Batcher:
         # At the deadline the job fails; when the caller is cancelled, so is the future it
         # awaits. Either way the job is done and the loop drops its queued sequences unrun.
         # (One timer, not asyncio.wait_for's future, callbacks and timer per request.)
-        expiry = asyncio.get_running_loop().call_at(
-            job.deadline, job.fail,
-            DeadlineExceeded(f"not scored within the request deadline of {timeout_s:g} s"))
+        expiry = asyncio.get_running_loop().call_at(job.deadline, _expire, job, timeout_s)
         try:
             return await job.future
         finally:

@@ -40,7 +40,8 @@ def refuse_empty(encoded: list[Encoded]) -> None:
 
 
 class ScoreFastLane:
-    """The innermost middleware: answers valid ``POST /v1/score`` bodies itself."""
+    """Inside the limits, ahead of the content-type and HEAD layers it never needs: answers
+    valid ``POST /v1/score`` bodies itself."""
 
     def __init__(self, app: ASGIApp, host: ModelHost):
         self.app, self.host = app, host
