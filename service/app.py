@@ -28,6 +28,7 @@ from service.deps import (
     check_count,
     metrics_reader,
 )
+from service.disconnect import watch_of
 from service.docs_ui import install_docs
 from service.engine import EnergyEngine
 from service.errors import NotReady, error_body
@@ -82,7 +83,7 @@ async def score(body: ScoreRequest, request: Request, host: AuthorizedDep) -> Sc
     """Per-token energies and the sentence score (-sum of energies) of each sentence."""
     check_count(len(body.sentences), host.max_sentences, "sentences")
     results = await host.infer(body.sentences, body.truncate, request.receive,
-                               check=refuse_empty)
+                               check=refuse_empty, watch=watch_of(request.scope))
     return ScoreResponse(model=host.model_name, results=[SentenceScore.of(s) for s in results])
 
 
@@ -95,7 +96,7 @@ async def rerank(body: RerankRequest, request: Request,
                 "hypotheses")
     texts = unique_texts(lists)
     scored = await host.infer(texts, body.truncate, request.receive,
-                              lambda i: body.where(texts[i]))
+                              lambda i: body.where(texts[i]), watch=watch_of(request.scope))
     scores = dict(zip(texts, scored))
     weights = host.weights(body.lm_weight, body.length_bonus, body.rank_prior)
     ranked = [RankedList(id=lst.id, hypotheses=[RankedHypothesis.of(r) for r in

@@ -21,6 +21,7 @@ from pydantic_core import to_json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.deps import check_count
+from service.disconnect import watch_of
 from service.errors import InvalidInput, ServiceError
 from service.http_errors import error_response
 from service.model_host import ModelHost
@@ -65,7 +66,7 @@ class ScoreFastLane:
         try:
             check_count(len(request.sentences), host.max_sentences, "sentences")
             results = await host.infer(request.sentences, request.truncate, receive,
-                                       check=refuse_empty)
+                                       check=refuse_empty, watch=watch_of(scope))
         except ServiceError as exc:
             host.metrics.reject(exc.type)
             await error_response(exc)(scope, receive, send)

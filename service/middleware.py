@@ -210,8 +210,11 @@ class BodyLimit:
                     message = await receive()
                     if message["type"] != "http.request":  # gone while sending the body
                         return ClientGone("the client disconnected while sending its body")
-                    chunk = message.get("body", b"")
+                    chunk: bytes = message.get("body", b"")
+                    more = message.get("more_body", False)
                     if not started:
+                        if not more and len(chunk) <= self.max_bytes:
+                            return chunk  # the whole body at once: no deadline to move
                         started = True
                         timer.reschedule(deadline)
                     size += len(chunk)
@@ -220,7 +223,7 @@ class BodyLimit:
                                                f"{self.max_bytes} bytes; the limit is "
                                                f"{self.max_bytes}")
                     chunks.append(chunk)
-                    if not message.get("more_body", False):
+                    if not more:
                         return b"".join(chunks)
         except TimeoutError:
             if not started:

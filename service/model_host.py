@@ -24,7 +24,7 @@ from service import memory
 from service.artifact import ArtifactError, Manifest, RankPrior, load_manifest
 from service.batch_policy import BatchLimits, resolve_limits
 from service.batcher import Batcher
-from service.disconnect import unless_client_leaves
+from service.disconnect import ClientWatch, unless_client_leaves
 from service.engine import EnergyEngine, OnnxEngine, warm_up
 from service.errors import DeadlineExceeded, NotReady, PayloadTooLarge, ServiceError, too_long
 from service.metrics import Metrics
@@ -276,16 +276,18 @@ class ModelHost:
 
     async def infer(self, texts: Sequence[str], truncate: bool, receive: Receive,
                     place: Callable[[int], str] | None = None,
-                    check: Callable[[list[Encoded]], None] | None = None) -> list[Scored]:
+                    check: Callable[[list[Encoded]], None] | None = None,
+                    watch: ClientWatch | None = None) -> list[Scored]:
         """Admit, tokenize, score: what every scoring route does, in one place. ``place`` names a
         text in a refusal (see :meth:`encode`); ``check`` may refuse the encodings before they
         are queued (a route's own rule, e.g. no empty sentence); ``receive`` is the request's,
-        so that a client who leaves takes its queued work with it."""
+        so that a client who leaves takes its queued work with it; ``watch``, where the server
+        gives one (service/disconnect.py), says so more cheaply."""
         with self.admitted():
             encoded = await self.encode(texts, truncate, place)
             if check is not None:
                 check(encoded)
-            return await unless_client_leaves(receive, self.score(encoded))
+            return await unless_client_leaves(receive, self.score(encoded), watch)
 
     async def score(self, encoded: Sequence[Encoded]) -> list[Scored]:
         """Scores in input order; texts without tokens score 0 without reaching the engine.

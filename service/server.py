@@ -25,13 +25,16 @@ import resource
 import signal
 import socket
 import urllib.parse
+import weakref
 from types import FrameType
+from typing import cast
 
 import httptools
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from service.app import build_app
+from service.disconnect import EXTENSION, ClientWatch
 from service.engine import EnergyEngine
 from service.errors import (
     BadRequest,
@@ -60,6 +63,9 @@ _ENCODED_SLASH = re.compile("%2f", re.IGNORECASE)
 # slots, out of ``ulimit -n``; and the most connections by default, whatever the limit.
 _FD_RESERVE = 128 + PROBE_SLOTS
 _MAX_DEFAULT_CONNECTIONS = 8192
+# A body up to this size is copied behind its held head and written with it; a larger one is
+# written after it (a copy of it would cost more than the second write).
+_JOINED_BODY_BYTES = 64 * 1024
 
 
 def default_max_connections() -> int:
@@ -100,20 +106,70 @@ class Connections:
 
 
 class _ResponseTransport(asyncio.Transport):
-    """The transport uvicorn's request cycle writes its response to: its close (after a
-    ``Connection: close`` answer) lingers when the request body has not all arrived."""
+    """The transport one request's cycle writes its response to.
 
-    def __init__(self, protocol: BoundedHeadProtocol):
+    - The response head is held until the first bytes of the body and leaves with them, so
+      that an answer of one body message is one write (one system call, one segment) instead
+      of two (docs/PERFORMANCE.md). A head is never held past the end of its response (HEAD,
+      204 and 304 answers have no body), its close, or a write the protocol makes itself.
+    - Its close (after a ``Connection: close`` answer) lingers when the request body has not
+      all arrived.
+    - ``watch`` tells the request's handler when the connection is lost
+      (service/disconnect.py), without a task per request waiting on ``receive``.
+    """
+
+    def __init__(self, protocol: BoundedHeadProtocol, cycle: RequestResponseCycle):
         super().__init__()
-        self._protocol = protocol
+        # Weakly: the cycle holds this transport, and a reference cycle per request would be
+        # left for the garbage collector, whose full passes stall the loop for milliseconds.
+        self._protocol, self._cycle = protocol, weakref.ref(cycle)
+        self._head: bytes | None = None
+        self._head_written = False
+        self.watch = ClientWatch()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._head_written and self._started():
+            # The cycle writes the head first once the response has started (an interim
+            # "100 Continue" is written before that and goes out at once).
+            self._head_written = True
+            self._head = bytes(data)
+            self._protocol.holding = self
+            return
+        head = self._head
+        if head is not None:
+            self._release()
+            if len(data) <= _JOINED_BODY_BYTES:
+                data = head + data
+            else:
+                self._protocol.transport.write(head)
         self._protocol.transport.write(data)
+
+    def _started(self) -> bool:
+        cycle = self._cycle()
+        return cycle is not None and cycle.response_started
+
+    def flush(self) -> None:
+        """Write a held head now."""
+        head = self._head
+        if head is not None:
+            self._release()
+            self._protocol.transport.write(head)
+
+    def _release(self) -> None:
+        self._head = None
+        if self._protocol.holding is self:
+            self._protocol.holding = None
+
+    def response_complete(self) -> None:
+        """The cycle's end-of-response callback: the head goes out if no body took it."""
+        self.flush()
+        self._protocol.on_response_complete()
 
     def is_closing(self) -> bool:
         return self._protocol.transport.is_closing()
 
     def close(self) -> None:
+        self.flush()
         self._protocol.close_after_response()
 
 
@@ -135,10 +191,10 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     _over_cap = False  # past max_connections: one probe request, nothing else
     _head_timer: asyncio.TimerHandle | None = None
     _head_timeout_s = 0.0
+    holding: _ResponseTransport | None = None  # the response whose head is not yet written
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._response_transport = _ResponseTransport(self)
         open_ = len(self.connections)
         if open_ > self.shared.max_connections and not self.shared.make_room():
             if open_ > self.shared.max_connections + PROBE_SLOTS:
@@ -150,7 +206,12 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.shared.idle.pop(self, None)
         self._cancel_head_timer()
+        self.holding = None  # nowhere to write it now
         super().connection_lost(exc)
+        cycle = self.cycle
+        if (cycle is not None and cycle.disconnected
+                and isinstance(cycle.transport, _ResponseTransport)):
+            cycle.transport.watch.lost()
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:  # dropped; the client has sent something, so it is not idle
@@ -188,10 +249,14 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             # it encoded, so that a path matches only as the client wrote it.
             self.scope["path"] = "%2F".join(urllib.parse.unquote(part) for part in
                                             _ENCODED_SLASH.split(raw_path.decode("ascii")))
-        if self.cycle is not None:
-            self.cycle.transport = self._response_transport
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # this request's cycle
+            cycle.transport = transport = _ResponseTransport(self, cycle)
+            cycle.on_response = transport.response_complete
+            extensions = cast("dict[str, object]", self.scope.setdefault("extensions", {}))
+            extensions[EXTENSION] = transport.watch
             if self._over_cap:
-                self.cycle.keep_alive = False  # the spare slot is for this one probe only
+                cycle.keep_alive = False  # the spare slot is for this one probe only
 
     def on_body(self, body: bytes) -> None:
         if not self._lingering:
@@ -241,6 +306,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def refuse(self, exc: ServiceError) -> None:
         """Answer below the app (no request reached it), count it, and close lingeringly."""
+        if self.holding is not None:
+            self.holding.flush()
         status = status_of(exc)
         body = json.dumps(error_body(exc.type, exc.message)).encode()
         head = [b"HTTP/1.1 %d %s" % (status, http.HTTPStatus(status).phrase.encode()),

@@ -32,6 +32,11 @@ from harness import FakeEngine
 from service.server import run
 run(engine=FakeEngine())
 """
+SERVE_SLOW = """
+from harness import FakeEngine
+from service.server import run
+run(engine=FakeEngine(delay_s=1.0))
+"""
 CAP = 8
 BODY = b'{"sentences": ["the cat sat"]}'
 
@@ -54,6 +59,14 @@ def capped(fake_artifact: Path) -> Iterator[int]:
     env = server_env(fake_artifact, port, ELECTRIC_MAX_CONNECTIONS=str(CAP),
                      ELECTRIC_HEADER_TIMEOUT_S="30")
     with server_process(port, env, SERVE_FAKE):
+        yield port
+
+
+@pytest.fixture(scope="module")
+def slow(fake_artifact: Path) -> Iterator[int]:
+    """A server whose engine holds each batch for a second."""
+    port = free_port()
+    with server_process(port, server_env(fake_artifact, port), SERVE_SLOW):
         yield port
 
 
@@ -86,6 +99,21 @@ def _parse(answer: bytes) -> tuple[int, dict[str, str], bytes]:
     headers = {name.lower(): value for name, _, value in
                (line.partition(": ") for line in lines[1:])}
     return int(lines[0].split()[1]), headers, body
+
+
+def _read_answer(conn: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One answer of a keep-alive connection: its head, then Content-Length bytes of body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    status, headers, body = _parse(data)
+    while len(body) < int(headers["content-length"]):
+        chunk = conn.recv(65536)
+        assert chunk, "closed in the middle of the body"
+        body += chunk
+    return status, headers, body
 
 
 def _post(path: str, body: bytes = BODY, extra: bytes = b"") -> bytes:
@@ -325,3 +353,52 @@ def test_past_the_cap_probes_are_answered_and_the_rest_get_503(capped: int) -> N
         time.sleep(0.1)
     else:
         raise AssertionError("never served again after the load went")
+
+
+def test_an_interim_100_continue_then_answers_on_one_connection(strict: int) -> None:
+    """The interim answer goes out before the body is sent; then each answer, head and body,
+    arrives whole on the kept-alive connection."""
+    head = (b"POST /v1/score HTTP/1.1\r\nHost: t\r\n" + AUTH +
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(BODY))
+    with _connect(strict) as conn:
+        conn.sendall(head)
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            chunk = conn.recv(1)
+            assert chunk, "closed before the interim answer"
+            interim += chunk
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        conn.sendall(BODY)
+        status, headers, body = _read_answer(conn)
+        assert status == 200 and json.loads(body)["results"][0]["num_tokens"] == 3
+        assert "x-request-id" in headers
+        for _ in range(3):
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, _, body = _read_answer(conn)
+            assert status == 200 and json.loads(body) == {"status": "ok"}
+
+
+def test_a_client_that_hangs_up_on_the_real_server_has_its_work_dropped(slow: int) -> None:
+    """The server itself tells the handler (no ``receive`` watcher): a request queued behind
+    a running batch, whose client closes its socket, is answered 499 in the metrics and its
+    sentences never reach the engine."""
+    url = f"http://127.0.0.1:{slow}"
+    with httpx.Client(base_url=url, timeout=10) as client:
+        before = client.get("/metrics").text
+        with _connect(slow) as first:
+            first.sendall(_post("/v1/score"))  # runs for a second
+            time.sleep(0.3)
+            with _connect(slow) as leaving:
+                body = b'{"sentences": ["a dog", "a bird"]}'
+                leaving.sendall(_post("/v1/score", body))
+                time.sleep(0.3)  # queued behind the first batch
+            status, _, _ = _parse(_read_all(first))
+            assert status == 200
+        after = client.get("/metrics").text
+
+        def grew(name: str, **labels: str) -> float:
+            return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+        assert grew("electric_rejections_total", reason="client_gone") == 1
+        assert grew("electric_requests_total", endpoint="/v1/score", status="499") == 1
+        assert grew("electric_tokens_scored_total") == 3, "only the first request was scored"

@@ -21,6 +21,8 @@ from harness import FakeEngine, error_of, eventually, metric_value, running_app,
 from tokenizers import Tokenizer
 
 from service.artifact import ArtifactError, sha256_file
+from service.disconnect import EXTENSION, ClientWatch, unless_client_leaves
+from service.errors import ClientGone
 from service.model_host import ModelHost, Phase
 from service.settings import Settings
 
@@ -228,7 +230,12 @@ async def _depth_is(client: httpx.AsyncClient, depth: int) -> bool:
     return metric_value((await client.get("/metrics")).text, "electric_queue_depth") == depth
 
 
-def test_a_client_that_leaves_gets_its_work_dropped(fake_settings: MakeSettings) -> None:
+@pytest.mark.parametrize("told_by", ["receive", "watch"])
+def test_a_client_that_leaves_gets_its_work_dropped(fake_settings: MakeSettings,
+                                                   told_by: str) -> None:
+    """The disconnect comes as ``receive``'s http.disconnect (any ASGI server), or from the
+    ClientWatch the service's own server puts in the scope (then ``receive`` never says it)."""
+
     async def scenario() -> None:
         engine = FakeEngine(gated=True)
         host = ModelHost(fake_settings(), engine)
@@ -242,9 +249,13 @@ def test_a_client_that_leaves_gets_its_work_dropped(fake_settings: MakeSettings)
             sent: list[dict[str, Any]] = []
             messages = [{"type": "http.request", "body": body, "more_body": False}]
 
+            watch = ClientWatch()
+
             async def receive() -> dict[str, Any]:
                 if messages:
                     return messages.pop()
+                if told_by == "watch":
+                    await asyncio.Event().wait()  # forever: only the watch tells
                 await hang_up.wait()
                 return {"type": "http.disconnect"}
 
@@ -256,13 +267,18 @@ def test_a_client_that_leaves_gets_its_work_dropped(fake_settings: MakeSettings)
                      "query_string": b"", "root_path": "", "server": ("test", 80),
                      "client": ("test", 1), "headers": [(b"content-type", b"application/json"),
                                                         (b"content-length", str(len(body)).encode())]}
+            if told_by == "watch":
+                scope["extensions"] = {EXTENSION: watch}
             request = asyncio.ensure_future(app(scope, receive, send))
 
             async def queued() -> bool:
                 return host.batcher.depth == 2
 
             await eventually(queued)
-            hang_up.set()
+            if told_by == "watch":
+                watch.lost()
+            else:
+                hang_up.set()
             await request
             assert sent[0]["status"] == 499
             engine.gate.set()
@@ -270,6 +286,28 @@ def test_a_client_that_leaves_gets_its_work_dropped(fake_settings: MakeSettings)
             assert engine.shapes == [(1, 3)], "the departed client's sentences never ran"
             metrics = (await client.get("/metrics")).text
             assert metric_value(metrics, "electric_rejections_total", reason="client_gone") == 1
+
+    asyncio.run(scenario())
+
+
+def test_work_for_a_client_already_gone_is_never_started() -> None:
+    async def scenario() -> None:
+        watch = ClientWatch()
+        watch.lost()
+        started = False
+
+        async def work() -> int:
+            nonlocal started
+            started = True
+            return 1
+
+        async def receive() -> dict[str, Any]:
+            raise AssertionError("the watch is asked, not receive")
+
+        with pytest.raises(ClientGone):
+            await unless_client_leaves(receive, work(), watch)
+        assert not started and watch.on_leave is None
+        await asyncio.sleep(0)  # no cancellation left pending on this task
 
     asyncio.run(scenario())
 

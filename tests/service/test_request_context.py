@@ -7,6 +7,7 @@ import gzip
 import json
 import logging
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,12 @@ def test_sane_ids_are_kept_and_others_replaced() -> None:
                 b"caf\xc3\xa9", b"nul\x00", b"line\nbreak"):
         assert GENERATED.fullmatch(request_id_of(bad)), bad
     assert request_id_of(None) != request_id_of(None)
+
+
+def test_a_generated_id_is_a_version_4_uuid() -> None:
+    for _ in range(200):
+        generated = uuid.UUID(request_id_of(None))
+        assert generated.version == 4 and generated.variant == uuid.RFC_4122
 
 
 def test_every_response_carries_a_request_id(fake_settings: Callable[..., Settings]) -> None:
