@@ -4,7 +4,14 @@ a write the protocol makes itself; an interim 100 Continue is never held."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import logging
+import weakref
 from dataclasses import dataclass, field
+
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from service.server import _ResponseTransport
 
@@ -106,14 +113,6 @@ def test_a_streamed_body_holds_only_the_head() -> None:
 def test_a_cycle_and_its_transport_are_freed_without_the_garbage_collector() -> None:
     """A reference cycle per request would leave the collector work whose full passes stall
     the event loop; reference counting alone must free a finished request."""
-    import asyncio
-    import gc
-    import logging
-    import weakref
-
-    from uvicorn.protocols.http.flow_control import FlowControl
-    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
-
     protocol = _Protocol()
     socket_ = protocol.transport
     gc.disable()
