@@ -52,6 +52,7 @@ from model_export.data import (
     pack,
 )
 from model_export.distributed import World
+from model_export.from_artifact import electric_from_artifact, is_artifact
 from model_export.model import Electric
 from model_export.nce import (
     NCEConfig,
@@ -73,6 +74,7 @@ from model_export.run_files import (
 from model_export.schedule import lr_factor, make_optimizer, phase_of
 from model_export.shard import check_shard, corpus_weights, load_shard
 from model_export.warmstart import config_from_bert, load_bert_encoder, resolve_warm_start
+from service.artifact import load_manifest
 
 # TrainConfig fields that may differ when a run is resumed: they change no step's result.
 RESUMABLE_CHANGES = frozenset({"steps", "log_every", "eval_every", "ckpt_every", "threads",
@@ -108,7 +110,13 @@ def _check_shape(cfg: TrainConfig, mcfg: ModelConfig, vocab_size: int) -> None:
 
 
 def _model_from_run(cfg: TrainConfig, vocab_size: int) -> tuple[Electric, dict[str, Any]]:
-    """Every weight from a finished run; its training facts come along for the model card."""
+    """Every weight from a finished run; its training facts come along for the model card.
+
+    ``init_from`` may also be an exported artifact (electric.json): its energy model is read
+    back from the ONNX graph (from_artifact.py) and the noise towers start fresh.
+    """
+    if is_artifact(Path(cfg.init_from)):
+        return _model_from_artifact(cfg, vocab_size)
     final = Path(cfg.init_from) / FINAL
     loaded, mcfg, facts = load_checkpoint_model(final)
     mcfg = dataclasses.replace(mcfg, dropout=cfg.dropout)
@@ -123,6 +131,18 @@ def _model_from_run(cfg: TrainConfig, vocab_size: int) -> tuple[Electric, dict[s
     if cfg.freeze_embeddings:
         model.word_embeddings.weight.requires_grad_(False)
     return model, {"source": str(final), "training": facts["training"]}
+
+
+def _model_from_artifact(cfg: TrainConfig, vocab_size: int) -> tuple[Electric, dict[str, Any]]:
+    folder = Path(cfg.init_from)
+    model, mcfg = electric_from_artifact(folder, dropout=cfg.dropout, seed=cfg.seed)
+    _check_shape(cfg, mcfg, vocab_size)
+    if cfg.noise == "two_tower" and cfg.noise_pretrain_steps == 0:
+        raise ValueError(f"{folder} is an artifact, which holds no noise towers: give "
+                         "noise_pretrain_steps > 0 to train them before the joint phase")
+    if cfg.freeze_embeddings:
+        model.word_embeddings.weight.requires_grad_(False)
+    return model, {"source": str(folder), "training": load_manifest(folder).training}
 
 
 class Trainer:
