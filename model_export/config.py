@@ -108,7 +108,9 @@ class TrainConfig:
     init_from: str = ""
     """A finished run's folder (its final.safetensors): every weight, energy model and noise
     towers, starts from there, and so do the architecture and the tokenizer. For continuing a
-    model on other text or settings (domain adaptation); excludes ``warm_start``."""
+    model on other text or settings (domain adaptation); excludes ``warm_start``. An exported
+    artifact folder (electric.json) works too: its energy model is read back from the ONNX
+    file and the noise towers start fresh (``noise_pretrain_steps`` must be > 0)."""
     max_len: int = 64
     """Longest packed sequence in tokens, [CLS] and [SEP] included. Cost grows with it; scored
     sentences longer than this are rarely seen in training."""
