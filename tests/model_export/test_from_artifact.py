@@ -99,3 +99,21 @@ def test_training_continues_from_an_artifact(model, rowwise_only: Path, tmp_path
     with pytest.raises(ValueError, match="noise_pretrain_steps"):
         train(preset("tiny", init_from=str(rowwise_only), noise_pretrain_steps=0, steps=1),
               [corpus], tmp_path / "refused")
+
+
+def test_the_embedded_model_reads_back_close_to_its_reference_energies() -> None:
+    """The shipped model (int8 only) can be continued: its read-back weights give the fp32
+    energies its reference.json records, within the int8 weights' rounding."""
+    shipped = Path(__file__).resolve().parents[2] / "models" / "electric-minilm"
+    recovered, cfg = electric_from_artifact(shipped)
+    reference = json.loads((shipped / "reference.json").read_text())["sentences"]
+    errors, want = [], []
+    for sentence in reference:
+        ids = torch.tensor([sentence["ids"]])
+        with torch.no_grad():
+            got = recovered.energy.eval()(ids, torch.ones_like(ids))[0].numpy()
+        errors.append(got - np.asarray(sentence["energies"]))
+        want.append(np.asarray(sentence["energies"]))
+    rms = float(np.sqrt(np.mean(np.concatenate(errors) ** 2)))
+    assert rms < 0.03 * float(np.concatenate(want).std()), rms
+    assert cfg.vocab_size == recovered.word_embeddings.num_embeddings
