@@ -59,8 +59,8 @@ def is_artifact(folder: Path) -> bool:
 def artifact_config(folder: Path) -> ModelConfig:
     """The energy model's ModelConfig, from the manifest and the graph's own shapes.
 
-    The manifest records the layers, widths and vocabulary; the feed-forward width and the
-    LayerNorm epsilon are read from the graph. The noise towers are sized as a warm start sizes
+    The manifest records the layers, width and vocabulary; the embedding and feed-forward
+    widths and the LayerNorm epsilon are read from the graph. The noise towers are sized as a warm start sizes
     them (a quarter of the width, three layers).
     """
     from model_export.warmstart import noise_heads_for
@@ -74,10 +74,15 @@ def artifact_config(folder: Path) -> ModelConfig:
     intermediate = next(
         (d for n in graph.node if n.op_type == "BiasGelu"
          for t in graph.initializer if t.name == n.input[1] for d in t.dims), arch.hidden * 4)
+    # The token table (float or int8) is the one initializer with a row per vocabulary entry.
+    embedding = next((t.dims[1] for t in graph.initializer
+                      if len(t.dims) == 2 and t.dims[0] == arch.vocab_size), arch.hidden)
     noise_hidden = max(arch.hidden // 4, 1)
     return ModelConfig(vocab_size=arch.vocab_size, hidden=arch.hidden, layers=arch.layers,
                        heads=arch.heads, intermediate=int(intermediate),
-                       max_positions=arch.max_positions, layer_norm_eps=float(eps),
+                       embedding_size=int(embedding), max_positions=arch.max_positions,
+                       # Stored as float32: 1e-12 reads back as 9.99999996e-13.
+                       layer_norm_eps=float(f"{eps:.7g}"),
                        pad_id=manifest.tokenizer.pad_id, noise_hidden=noise_hidden,
                        noise_layers=3, noise_heads=noise_heads_for(noise_hidden))
 

@@ -45,7 +45,8 @@ def test_the_config_is_read_from_the_manifest_and_the_graph(model, tiny_artifact
             cfg.max_positions, cfg.pad_id) == (mine.vocab_size, mine.hidden, mine.layers,
                                                mine.heads, mine.intermediate,
                                                mine.max_positions, mine.pad_id)
-    assert cfg.layer_norm_eps == pytest.approx(mine.layer_norm_eps)
+    assert cfg.embedding_size == mine.embedding_size
+    assert cfg.layer_norm_eps == mine.layer_norm_eps
 
 
 def test_a_fp32_variant_gives_the_trained_weights_exactly(model, tiny_artifact: Path) -> None:
@@ -117,3 +118,20 @@ def test_the_embedded_model_reads_back_close_to_its_reference_energies() -> None
     rms = float(np.sqrt(np.mean(np.concatenate(errors) ** 2)))
     assert rms < 0.03 * float(np.concatenate(want).std()), rms
     assert cfg.vocab_size == recovered.word_embeddings.num_embeddings
+
+
+def test_a_narrow_embedding_with_its_projection_reads_back(tiny_tokenizer_path: Path,
+                                                           tmp_path: Path) -> None:
+    """ELECTRA-small's shape: embeddings narrower than the encoder, and a projection."""
+    import dataclasses
+
+    from model_export.model import Electric
+
+    base = build_tiny_electric().cfg
+    torch.manual_seed(1)
+    narrow = Electric(dataclasses.replace(base, embedding_size=16)).eval()
+    folder = tmp_path / "narrow"
+    export_artifact(narrow, narrow.cfg, tiny_tokenizer_path, folder, name="n", variants=("fp32",))
+    recovered, cfg = electric_from_artifact(folder)
+    assert cfg.embedding_size == 16 and recovered.energy.embeddings_project is not None
+    assert np.array_equal(energies(recovered.energy), energies(narrow.energy))
