@@ -21,6 +21,7 @@ artifact trains them afresh in its ``noise_pretrain_steps``.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,8 +229,6 @@ def _dequantised(prefix: str, inits: dict[str, np.ndarray]) -> np.ndarray:
 def electric_from_artifact(folder: Path, *, dropout: float = 0.0, seed: int = 0
                            ) -> tuple[Electric, ModelConfig]:
     """An Electric model whose energy model is the artifact's; fresh, seeded noise towers."""
-    import dataclasses
-
     cfg = dataclasses.replace(artifact_config(folder), dropout=dropout)
     state = energy_state(folder, cfg)
     torch.manual_seed(seed)

@@ -135,11 +135,11 @@ def _model_from_run(cfg: TrainConfig, vocab_size: int) -> tuple[Electric, dict[s
 
 def _model_from_artifact(cfg: TrainConfig, vocab_size: int) -> tuple[Electric, dict[str, Any]]:
     folder = Path(cfg.init_from)
-    model, mcfg = electric_from_artifact(folder, dropout=cfg.dropout, seed=cfg.seed)
-    _check_shape(cfg, mcfg, vocab_size)
     if cfg.noise == "two_tower" and cfg.noise_pretrain_steps == 0:
         raise ValueError(f"{folder} is an artifact, which holds no noise towers: give "
                          "noise_pretrain_steps > 0 to train them before the joint phase")
+    model, mcfg = electric_from_artifact(folder, dropout=cfg.dropout, seed=cfg.seed)
+    _check_shape(cfg, mcfg, vocab_size)
     if cfg.freeze_embeddings:
         model.word_embeddings.weight.requires_grad_(False)
     return model, {"source": str(folder), "training": load_manifest(folder).training}
