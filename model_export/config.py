@@ -122,9 +122,10 @@ class TrainConfig:
     """Peak learning rate of the energy model's embeddings and encoder: what a warm start
     provides, so a nudge is enough."""
     fresh_lr: float = 5e-4
-    """Peak learning rate of the parts that always start from random weights: the energy head
-    and the noise model. Their outputs must travel far (energies of several nats) in a short
-    run; set it equal to ``lr`` when training from scratch."""
+    """Peak learning rate of the parts that start from random weights: the energy head and the
+    noise model. Their outputs must travel far (energies of several nats) in a short run; set
+    it equal to ``lr`` when training from scratch. With ``init_from`` the head is read, and it
+    trains at ``lr`` with the encoder; the noise towers keep ``fresh_lr``."""
     warmup: int = 100
     """Linear warm-up steps at the start of each phase; then linear decay to 0 at its end."""
     weight_decay: float = 0.01

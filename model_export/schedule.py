@@ -16,6 +16,17 @@ from model_export.model import Electric
 FRESH_PREFIXES = ("energy.head.", "noise.")
 
 
+def fresh_prefixes(cfg: TrainConfig) -> tuple[str, ...]:
+    """Who trains at ``fresh_lr``: the noise towers always, the energy head unless it is read.
+
+    A run continued with ``init_from`` starts with a trained head; at ``fresh_lr`` (20x ``lr``
+    in the presets) the re-warmed schedule would move it far from what it learnt, while the
+    encoder under it moves at ``lr``. The noise towers keep ``fresh_lr`` either way: q is a
+    separate model that has its own pace, and from an artifact it starts from scratch.
+    """
+    return ("noise.",) if cfg.init_from else FRESH_PREFIXES
+
+
 def make_optimizer(model: Electric, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with four groups: warm-startable / fresh parameters, with / without weight decay.
 
@@ -23,11 +34,12 @@ def make_optimizer(model: Electric, cfg: TrainConfig) -> torch.optim.AdamW:
     as ``base_lr``, which the schedule scales. Frozen parameters get no optimizer state.
     """
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    fresh_names = fresh_prefixes(cfg)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         no_decay = p.ndim < 2 or "LayerNorm" in name
-        groups.setdefault((name.startswith(FRESH_PREFIXES), no_decay), []).append(p)
+        groups.setdefault((name.startswith(fresh_names), no_decay), []).append(p)
     param_groups = [{"params": params, "base_lr": cfg.fresh_lr if fresh else cfg.lr,
                      "lr": 0.0, "weight_decay": 0.0 if no_decay else cfg.weight_decay}
                     for (fresh, no_decay), params in sorted(groups.items())]

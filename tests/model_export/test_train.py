@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from model_export.config import TRAIN_PRESETS, TrainConfig, preset
 from model_export.data import BatchStream, SpecialIds, load_tokenizer, pack, tokenize_corpora
 from model_export.nce import TwoTowerNoise
-from model_export.schedule import lr_factor
+from model_export.schedule import lr_factor, make_optimizer
 from model_export.shard import corpus_weights
 from model_export.train import Trainer, build_model, train
 
@@ -194,6 +194,24 @@ def test_lr_schedule_warms_up_and_decays_per_phase() -> None:
     assert factors[:4] == [0.5, 1.0, 1.0, 0.5]  # pre-training: warm-up 2, decay over 2
     assert factors[4:6] == [0.5, 1.0] and factors[5:] == sorted(factors[5:], reverse=True)
     assert factors[-1] > 0
+
+
+def test_a_continued_head_trains_at_lr_and_a_fresh_one_at_fresh_lr() -> None:
+    cfg = preset("tiny", warm_start="", lr=1e-4, fresh_lr=2e-3)
+    model, _ = build_model(cfg, vocab_size=64)
+
+    def peak_lr(config: TrainConfig) -> dict[str, float]:
+        by_param = {id(p): g["base_lr"] for g in make_optimizer(model, config).param_groups
+                    for p in g["params"]}
+        return {name: by_param[id(p)] for name, p in model.named_parameters()}
+
+    fresh = peak_lr(cfg)
+    continued = peak_lr(dataclasses.replace(cfg, init_from="some-run"))
+    assert {fresh[n] for n in fresh if n.startswith("energy.head.")} == {2e-3}
+    assert {continued[n] for n in continued if n.startswith("energy.head.")} == {1e-4}
+    for lrs in (fresh, continued):
+        assert {lrs[n] for n in lrs if n.startswith("noise.")} == {2e-3}
+        assert {lrs[n] for n in lrs if n.startswith("energy.encoder.")} == {1e-4}
 
 
 def test_presets_and_unknown_keys() -> None:
