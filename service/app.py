@@ -28,7 +28,7 @@ from service.deps import (
     check_count,
     metrics_reader,
 )
-from service.disconnect import watch_of
+from service.disconnect import client_of
 from service.docs_ui import install_docs
 from service.engine import EnergyEngine
 from service.errors import NotReady, error_body
@@ -82,8 +82,8 @@ v1 = APIRouter(prefix="/v1", responses=REFUSALS)
 async def score(body: ScoreRequest, request: Request, host: AuthorizedDep) -> ScoreResponse:
     """Per-token energies and the sentence score (-sum of energies) of each sentence."""
     check_count(len(body.sentences), host.max_sentences, "sentences")
-    results = await host.infer(body.sentences, body.truncate, request.receive,
-                               check=refuse_empty, watch=watch_of(request.scope))
+    results = await host.infer(body.sentences, body.truncate,
+                               client_of(request.scope, request.receive), check=refuse_empty)
     return ScoreResponse(model=host.model_name, results=[SentenceScore.of(s) for s in results])
 
 
@@ -95,8 +95,8 @@ async def rerank(body: RerankRequest, request: Request,
     check_count(sum(len(lst.hypotheses) for lst in lists), host.max_hypotheses,
                 "hypotheses")
     texts = unique_texts(lists)
-    scored = await host.infer(texts, body.truncate, request.receive,
-                              lambda i: body.where(texts[i]), watch=watch_of(request.scope))
+    scored = await host.infer(texts, body.truncate, client_of(request.scope, request.receive),
+                              lambda i: body.where(texts[i]))
     scores = dict(zip(texts, scored))
     weights = host.weights(body.lm_weight, body.length_bonus, body.rank_prior)
     ranked = [RankedList(id=lst.id, hypotheses=[RankedHypothesis.of(r) for r in

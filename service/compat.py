@@ -29,7 +29,7 @@ import numpy as np
 from fastapi import APIRouter, Body, Request
 
 from service.deps import REFUSALS, AuthorizedDep, check_count
-from service.disconnect import watch_of
+from service.disconnect import client_of
 from service.errors import InvalidInput
 from service.schemas import (
     CohereRerankRequest,
@@ -110,7 +110,7 @@ async def rerank(body: Annotated[CompatRerankRequest, Body()], request: Request,
                 "shorter query")
 
     scored = await host.infer([joined(body.query, t) for t in unique], body.truncate,
-                              request.receive, place, room_left, watch_of(request.scope))
+                              client_of(request.scope, request.receive), place, room_left)
     by_text = {t: text_score(s, body.query) for t, s in zip(unique, scored)}
     scores = [by_text[t] for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -scores[i])[:body.top_n]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from service.errors import ClientGone
@@ -56,10 +57,23 @@ def watch_of(scope: Scope) -> ClientWatch | None:
     return extensions.get(EXTENSION) if extensions else None
 
 
-async def unless_client_leaves(receive: Receive, work: Awaitable[T],
-                               watch: ClientWatch | None = None) -> T:
-    """Await ``work``; if the client disconnects first, cancel it and raise ClientGone.
-    ``watch`` (see :func:`watch_of`) says so without a task; else ``receive`` does."""
+@dataclass(frozen=True, slots=True)
+class Client:
+    """What tells a handler that its client left: the request's ``receive``, and the
+    server's ClientWatch where it gives one (then ``receive`` is not asked)."""
+
+    receive: Receive
+    watch: ClientWatch | None = None
+
+
+def client_of(scope: Scope, receive: Receive) -> Client:
+    """The request's :class:`Client`, from its scope and ``receive``."""
+    return Client(receive, watch_of(scope))
+
+
+async def unless_client_leaves(client: Client, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client disconnects first, cancel it and raise ClientGone."""
+    receive, watch = client.receive, client.watch
     task = asyncio.current_task()
     assert task is not None
     gone = False

@@ -21,7 +21,7 @@ from pydantic_core import to_json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.deps import check_count
-from service.disconnect import watch_of
+from service.disconnect import client_of
 from service.errors import InvalidInput, ServiceError
 from service.http_errors import error_response
 from service.model_host import ModelHost
@@ -65,8 +65,8 @@ class ScoreFastLane:
         host = self.host
         try:
             check_count(len(request.sentences), host.max_sentences, "sentences")
-            results = await host.infer(request.sentences, request.truncate, receive,
-                                       check=refuse_empty, watch=watch_of(scope))
+            results = await host.infer(request.sentences, request.truncate,
+                                       client_of(scope, receive), check=refuse_empty)
         except ServiceError as exc:
             host.metrics.reject(exc.type)
             await error_response(exc)(scope, receive, send)

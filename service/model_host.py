@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from service import memory
 from service.artifact import ArtifactError, Manifest, RankPrior, load_manifest
 from service.batch_policy import BatchLimits, resolve_limits
 from service.batcher import Batcher
-from service.disconnect import ClientWatch, unless_client_leaves
+from service.disconnect import Client, unless_client_leaves
 from service.engine import EnergyEngine, OnnxEngine, warm_up
 from service.errors import DeadlineExceeded, NotReady, PayloadTooLarge, ServiceError, too_long
 from service.metrics import Metrics
@@ -34,9 +34,6 @@ from service.scoring import EMPTY, Scored, Weights, resolve_weights, sentence_sc
 from service.settings import Settings
 from service.timing import current_timing
 from service.tokenization import Encoded, SentenceTokenizer, TooLong
-
-if TYPE_CHECKING:  # the ASGI type only; the core loads without an HTTP stack
-    from starlette.types import Receive
 
 logger = logging.getLogger("electric.service")
 
@@ -274,20 +271,19 @@ class ModelHost:
             if chars >= _TRIM_AFTER_CHARS:
                 memory.trim()
 
-    async def infer(self, texts: Sequence[str], truncate: bool, receive: Receive,
+    async def infer(self, texts: Sequence[str], truncate: bool, client: Client,
                     place: Callable[[int], str] | None = None,
-                    check: Callable[[list[Encoded]], None] | None = None,
-                    watch: ClientWatch | None = None) -> list[Scored]:
-        """Admit, tokenize, score: what every scoring route does, in one place. ``place`` names a
-        text in a refusal (see :meth:`encode`); ``check`` may refuse the encodings before they
-        are queued (a route's own rule, e.g. no empty sentence); ``receive`` is the request's,
-        so that a client who leaves takes its queued work with it; ``watch``, where the server
-        gives one (service/disconnect.py), says so more cheaply."""
+                    check: Callable[[list[Encoded]], None] | None = None) -> list[Scored]:
+        """Admit, tokenize, score: what every scoring route does, in one place. ``client``
+        (service/disconnect.py ``client_of``) tells when the client leaves, which takes its
+        queued work with it; ``place`` names a text in a refusal (see :meth:`encode`);
+        ``check`` may refuse the encodings before they are queued (a route's own rule, e.g. no
+        empty sentence)."""
         with self.admitted():
             encoded = await self.encode(texts, truncate, place)
             if check is not None:
                 check(encoded)
-            return await unless_client_leaves(receive, self.score(encoded), watch)
+            return await unless_client_leaves(client, self.score(encoded))
 
     async def score(self, encoded: Sequence[Encoded]) -> list[Scored]:
         """Scores in input order; texts without tokens score 0 without reaching the engine.

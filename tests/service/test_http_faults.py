@@ -21,7 +21,7 @@ from harness import FakeEngine, error_of, eventually, metric_value, running_app,
 from tokenizers import Tokenizer
 
 from service.artifact import ArtifactError, sha256_file
-from service.disconnect import EXTENSION, ClientWatch, unless_client_leaves
+from service.disconnect import EXTENSION, Client, ClientWatch, unless_client_leaves
 from service.errors import ClientGone
 from service.model_host import ModelHost, Phase
 from service.settings import Settings
@@ -305,7 +305,7 @@ def test_work_for_a_client_already_gone_is_never_started() -> None:
             raise AssertionError("the watch is asked, not receive")
 
         with pytest.raises(ClientGone):
-            await unless_client_leaves(receive, work(), watch)
+            await unless_client_leaves(Client(receive, watch), work())
         assert not started and watch.on_leave is None
         await asyncio.sleep(0)  # no cancellation left pending on this task
 
