@@ -326,18 +326,19 @@ class ModelHost:
             raise
         engine, manifest, s = self.engine, self.manifest, self.settings
         provider = engine.providers[0] if engine.providers else "unknown"
-        self.limits = resolve_limits(provider_of(engine.providers[0] if engine.providers
-                                                 else None),
-                                     s.max_batch_tokens, s.max_batch_size, s.sort_window,
-                                     s.max_padding)
+        runs_on = provider_of(engine.providers[0] if engine.providers else None)
+        self.limits = resolve_limits(runs_on, s.max_batch_tokens, s.max_batch_size,
+                                     s.sort_window, s.max_padding)
         parallel = getattr(engine, "parallel_runs", 1)  # an injected engine may not say
         self._batcher = Batcher(engine, self.limits, pad_id=manifest.tokenizer.pad_id,
-                                max_queue=s.max_queue, metrics=self.metrics, parallel=parallel)
+                                max_queue=s.max_queue, metrics=self.metrics, parallel=parallel,
+                                ahead=runs_on.batches_ahead)
         self._batcher.start()
         self.metrics.model_info.labels(name=manifest.name, variant=engine.variant,
                                        provider=provider).set(1)
-        logger.info("serving %s, variant %s on %s, %d batch(es) at once, batching %s",
-                    manifest.name, engine.variant, provider, parallel, self.limits)
+        logger.info("serving %s, variant %s on %s, %d batch(es) at once and %d formed ahead, "
+                    "batching %s", manifest.name, engine.variant, provider, parallel,
+                    runs_on.batches_ahead, self.limits)
         self.phase = Phase.WARMING_UP
         self._warmup = asyncio.get_running_loop().create_task(
             self._warm_up(self.limits.max_batch_tokens))

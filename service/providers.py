@@ -39,18 +39,23 @@ class Provider:
     """Largest share of padding in a batch when ``ELECTRIC_MAX_PADDING`` is unset."""
     parallel_batches: bool
     """Several batches at once on one session pay (each with its share of the cores)."""
+    batches_ahead: int
+    """Batches formed before a run is free for them (service/batcher.py), so that an engine
+    thread that finishes starts the next one without waiting for the event loop."""
     options: dict[str, Any] = field(default_factory=dict)
     """Provider options for the session."""
 
 
 PROVIDERS: dict[str, Provider] = {
     CPU: Provider(CPU, "cpu", ("int8", "fp32", "fp16"), None, max_batch_tokens=1024,
-                  max_padding=0.05, parallel_batches=True),
+                  max_padding=0.05, parallel_batches=True, batches_ahead=1),
     # fp16 needs tensor cores to pay off, and int8 (MatMulInteger) has no fast CUDA kernels.
     # kSameAsRequested: batch shapes vary with every request mix; the default power-of-two
     # arena growth would hold on to twice the memory it needs.
+    # No batch formed ahead (not measured on a GPU): it would hold fewer of the requests that
+    # arrive while one runs, and there wide batches pay.
     CUDA: Provider(CUDA, "gpu", ("fp16", "fp32", "int8"), "cuda", max_batch_tokens=16384,
-                   max_padding=0.5, parallel_batches=False,
+                   max_padding=0.5, parallel_batches=False, batches_ahead=0,
                    options={"device_id": 0, "arena_extend_strategy": "kSameAsRequested"}),
 }
 ORDER = (CUDA, CPU)

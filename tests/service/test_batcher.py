@@ -20,9 +20,9 @@ def seq(*ids: int) -> np.ndarray:
 
 
 def make(engine: FakeEngine, max_queue: int = 64, tokens: int = 1024,
-         size: int = 64) -> Batcher:
+         size: int = 64, ahead: int = 0) -> Batcher:
     return Batcher(engine, BatchLimits(tokens, size, 64), pad_id=0, max_queue=max_queue,
-                   metrics=Metrics())
+                   metrics=Metrics(), ahead=ahead)
 
 
 def expected(ids: np.ndarray) -> list[float]:
@@ -241,14 +241,17 @@ def test_least_work_goes_first_until_a_request_has_waited_half_its_deadline() ->
     asyncio.run(scenario())
 
 
-def test_timing_splits_queue_wait_from_inference() -> None:
+@pytest.mark.parametrize("ahead", [0, 1])
+def test_timing_splits_queue_wait_from_inference(ahead: int) -> None:
+    # With a batch formed ahead, the second request waits in the engine's own queue, not the
+    # batcher's: that is still queueing, and the inference time is the run's alone.
     class Times:
         queue_s = 0.0
         inference_s = 0.0
 
     async def scenario() -> None:
         engine = FakeEngine(delay_s=0.05)
-        batcher = make(engine)
+        batcher = make(engine, ahead=ahead)
         batcher.start()
         first = asyncio.ensure_future(batcher.score([seq(9)], 5))
         await asyncio.sleep(0.01)
@@ -256,7 +259,7 @@ def test_timing_splits_queue_wait_from_inference() -> None:
         await batcher.score([seq(10, 11)], 5, timing=times)
         await first
         assert times.queue_s >= 0.02, "it waited behind the first batch"
-        assert 0.04 <= times.inference_s < 1.0
+        assert 0.04 <= times.inference_s < 0.09, "one run, without the wait before it"
         await batcher.close()
 
     asyncio.run(scenario())
@@ -310,12 +313,13 @@ class CountingEngine(FakeEngine):
                 self.inside -= 1
 
 
-@pytest.mark.parametrize("parallel", [1, 2, 3])
-def test_up_to_parallel_batches_run_at_once(parallel: int) -> None:
+@pytest.mark.parametrize(("parallel", "ahead"), [(1, 0), (2, 0), (3, 0), (1, 1), (2, 2)])
+def test_up_to_parallel_batches_run_at_once(parallel: int, ahead: int) -> None:
+    # Batches formed ahead wait for a free run; until one takes them they count as queued.
     async def scenario() -> None:
         engine = CountingEngine()
         batcher = Batcher(engine, BatchLimits(1024, 1, 64), pad_id=0, max_queue=64,
-                          metrics=Metrics(), parallel=parallel)
+                          metrics=Metrics(), parallel=parallel, ahead=ahead)
         batcher.start()
         seqs = [seq(10 + i, 11 + i) for i in range(6)]
         jobs = [asyncio.ensure_future(batcher.score([s], 5)) for s in seqs]
@@ -330,11 +334,71 @@ def test_up_to_parallel_batches_run_at_once(parallel: int) -> None:
     asyncio.run(scenario())
 
 
-def test_close_fails_the_batches_in_flight_and_the_queue() -> None:
+def test_a_batch_formed_ahead_starts_when_a_run_ends_without_what_came_after_it() -> None:
+    async def scenario() -> None:
+        engine = FakeEngine(gated=True)
+        batcher = make(engine, ahead=1)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.score([seq(10)], 5))
+        await asyncio.to_thread(engine.entered.wait, 5)
+        second = asyncio.ensure_future(batcher.score([seq(11, 12)], 5))
+        await asyncio.sleep(0.05)  # formed ahead, alone, behind the running batch
+        assert batcher.depth == 1
+        third = asyncio.ensure_future(batcher.score([seq(13, 14)], 5))
+        await asyncio.sleep(0)
+        assert batcher.depth == 2
+        engine.gate.set()
+        await asyncio.gather(first, second, third)
+        assert engine.shapes == [(1, 3), (1, 4), (1, 4)], "without ahead: (1, 3), (2, 4)"
+        assert batcher.depth == 0
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_formed_ahead_whose_requests_left_never_runs() -> None:
+    async def scenario() -> None:
+        engine = FakeEngine(gated=True)
+        batcher = make(engine, ahead=1)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.score([seq(10)], 5))
+        await asyncio.to_thread(engine.entered.wait, 5)
+        gone = asyncio.ensure_future(batcher.score([seq(11, 12)], 5))
+        await asyncio.sleep(0.05)  # formed ahead, waiting for the run
+        gone.cancel()
+        engine.gate.set()
+        await first
+        later = await batcher.score([seq(13, 14, 15)], 5)
+        assert same_rows(later, [seq(13, 14, 15)])
+        assert engine.shapes == [(1, 3), (1, 5)], "the left request's batch was skipped"
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_burst_at_an_idle_engine_is_shared_out_among_its_free_runs() -> None:
+    async def scenario() -> None:
+        engine = CountingEngine()
+        batcher = Batcher(engine, BatchLimits(1024, 64, 64), pad_id=0, max_queue=64,
+                          metrics=Metrics(), parallel=2)
+        batcher.start()
+        burst = [asyncio.ensure_future(batcher.score([seq(10 + i)], 5)) for i in range(6)]
+        await asyncio.to_thread(engine.two_inside.wait, 5)
+        engine.gate.set()
+        await asyncio.gather(*burst)
+        assert sorted(engine.shapes) == [(3, 3), (3, 3)], "not (6, 3) beside an idle run"
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("ahead", [0, 1])
+def test_close_fails_the_batches_in_flight_and_the_queue(ahead: int) -> None:
+    # ahead=1: one batch also waits for a run, in the engine's queue; it fails the same way.
     async def scenario() -> None:
         engine = CountingEngine()
         batcher = Batcher(engine, BatchLimits(1024, 1, 64), pad_id=0, max_queue=64,
-                          metrics=Metrics(), parallel=2)
+                          metrics=Metrics(), parallel=2, ahead=ahead)
         batcher.start()
         jobs = [asyncio.ensure_future(batcher.score([seq(10 + i)], 5)) for i in range(4)]
         await asyncio.to_thread(engine.two_inside.wait, 5)
@@ -347,7 +411,10 @@ def test_close_fails_the_batches_in_flight_and_the_queue() -> None:
     asyncio.run(scenario())
 
 
-def test_parallel_must_be_positive() -> None:
+def test_parallel_must_be_positive_and_ahead_not_negative() -> None:
     with pytest.raises(ValueError, match="parallel is 0"):
         Batcher(FakeEngine(), BatchLimits(1024, 1, 64), pad_id=0, max_queue=64,
                 metrics=Metrics(), parallel=0)
+    with pytest.raises(ValueError, match="ahead is -1"):
+        Batcher(FakeEngine(), BatchLimits(1024, 1, 64), pad_id=0, max_queue=64,
+                metrics=Metrics(), ahead=-1)
