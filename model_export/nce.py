@@ -128,12 +128,13 @@ class TwoTowerNoise:
         noise_ctx = ctx[noise_pos[:, 0], noise_pos[:, 1]]  # (N, 2Cn)
         originals = input_ids[noise_pos[:, 0], noise_pos[:, 1]]  # (N,)
         logits = noise.logits(noise_ctx, emb).float()  # (N, V)
+        log_probs = logits.log_softmax(-1)  # (N, V), once for the loss and the draw
         # Trained on the noise rows only: a uniform random subset of the scorable positions, so an
         # estimate of the reference's all-position cloze loss at ~15% of its backward cost.
-        mle_loss = (F.cross_entropy(logits, originals) if len(originals)
+        mle_loss = (F.nll_loss(log_probs, originals) if len(originals)
                     else logits.sum() * 0.0)
         with torch.no_grad():
-            samples, logq_noise = sample_softmax(logits.detach(), generator)
+            samples, logq_noise = sample_categorical(log_probs.detach(), generator)
 
             data_ctx = ctx.detach()[data_pos[:, 0], data_pos[:, 1]]  # (M, 2Cn)
             data_ids = input_ids[data_pos[:, 0], data_pos[:, 1]]  # (M,)
@@ -145,8 +146,10 @@ class TwoTowerNoise:
                          mle_loss=mle_loss)
 
 
-def sample_softmax(logits: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, V) logits -> (N,) one sample of each row's softmax, and its log-probability.
+def sample_categorical(log_probs: torch.Tensor, generator: torch.Generator
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, V) normalised log-probabilities -> (N,) one sample of each row, and its
+    log-probability.
 
     By the inverse of each row's cumulative distribution: one uniform number a row, found by
     binary search in the running sum of the probabilities. Gumbel-max (argmax of the logits plus
@@ -156,11 +159,11 @@ def sample_softmax(logits: torch.Tensor, generator: torch.Generator) -> tuple[to
     end; a token of probability 0 adds nothing to the sum and is never found. The draw happens
     on the generator's device; pass a generator on the model's device to avoid a copy.
     """
-    log_probs = logits.log_softmax(-1)  # (N, V)
     cdf = log_probs.exp().cumsum_(-1)  # (N, V)
-    u = torch.rand((len(logits), 1), generator=generator, device=generator.device)
-    target = u.to(logits.device) * cdf[:, -1:]  # (N, 1), in [0, row total)
-    samples = torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)
+    u = torch.rand((len(log_probs), 1), generator=generator, device=generator.device)
+    target = u.to(log_probs.device) * cdf[:, -1:]  # (N, 1), in [0, row total)
+    samples = torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(
+        max=log_probs.shape[-1] - 1)
     return samples, log_probs.gather(-1, samples[:, None])[:, 0]
 
 

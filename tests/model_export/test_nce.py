@@ -17,7 +17,7 @@ from model_export.nce import (
     TwoTowerNoise,
     choose_positions,
     nce_loss,
-    sample_softmax,
+    sample_categorical,
 )
 
 PAD, CLS, SEP = 0, 2, 3
@@ -247,17 +247,18 @@ def test_config_rejects_bad_values() -> None:
         NCEConfig(data_fraction=0.0)
 
 
-def test_draw_follows_each_rows_softmax_and_never_picks_an_impossible_token() -> None:
+def test_a_draw_follows_each_rows_distribution_and_never_picks_an_impossible_token() -> None:
     logits = torch.tensor([[2.0, 0.0, -1.0, float("-inf")],
                            [-30.0, -30.0, 5.0, 5.0]])
     draws = 40000
     rows = logits.repeat_interleave(draws, 0)  # (2 * draws, 4)
-    samples, logq = sample_softmax(rows, torch.Generator().manual_seed(5))
+    samples, logq = sample_categorical(rows.log_softmax(-1), torch.Generator().manual_seed(5))
     samples = samples.view(2, draws)
     torch.testing.assert_close(logq, rows.log_softmax(-1).gather(-1, samples.view(-1, 1))[:, 0])
     assert (samples[0] != 3).all(), "a token of probability 0 was drawn"
     for row in range(2):
         freq = torch.bincount(samples[row], minlength=4).float() / draws
         torch.testing.assert_close(freq, logits[row].softmax(-1), atol=0.01, rtol=0.0)
-    none, none_logq = sample_softmax(logits[:0], torch.Generator().manual_seed(5))
+    none, none_logq = sample_categorical(logits[:0].log_softmax(-1),
+                                        torch.Generator().manual_seed(5))
     assert none.shape == none_logq.shape == (0,)
