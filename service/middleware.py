@@ -39,6 +39,10 @@ access_logger = logging.getLogger("electric.access")
 # Paths are the client's text: logged JSON-escaped and cut to this length.
 _MAX_LOGGED_PATH = 200
 
+# The key of ``scope["extensions"]`` under which service/server.py gives a request a callable
+# that says whether its whole body has arrived (then BodyLimit reads it without timers).
+BODY_BUFFERED = "electric.body_buffered"
+
 # Bounded label values: the route table, anything else is "other".
 ENDPOINTS = frozenset({"/v1/score", "/v1/rerank", "/v1/tokenize", "/v1/model", "/healthz",
                        "/readyz", "/metrics", "/docs", "/openapi.json", "/rerank", "/redoc", "/",
@@ -181,7 +185,10 @@ class BodyLimit:
                 f"the request body has {int(declared)} bytes; the limit is {self.max_bytes}")
             await _refuse(exc, self.metrics, scope, receive, send)
             return
-        body = await self._read(receive)
+        extensions = scope.get("extensions")
+        buffered = extensions.get(BODY_BUFFERED) if extensions else None
+        body = (await self._read_buffered(receive) if buffered is not None and buffered()
+                else await self._read(receive))
         if isinstance(body, ServiceError):
             # Also answered when the client is gone (the server drops it): metrics show 499.
             await _refuse(body, self.metrics, scope, receive, send)
@@ -196,6 +203,18 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _read_buffered(self, receive: Receive) -> bytes | ServiceError:
+        """The body the server already holds whole: one message (``more_body`` false), which
+        ``receive`` gives without waiting, so there is nothing to time."""
+        message = await receive()
+        if message["type"] != "http.request":
+            return ClientGone("the client disconnected while sending its body")
+        chunk: bytes = message.get("body", b"")
+        if len(chunk) > self.max_bytes:
+            return PayloadTooLarge(f"the request body has {len(chunk)} bytes; the limit is "
+                                   f"{self.max_bytes}")
+        return chunk
 
     async def _read(self, receive: Receive) -> bytes | ServiceError:
         """The whole body, or why there is none to give the app."""
@@ -321,6 +340,9 @@ class RequestMetrics:
         # prometheus_client's labels() hashes and locks on every call: keep the children.
         self._counted: dict[tuple[str, int], Any] = {}
         self._timed: dict[str, Any] = {}
+        # A plain count, read when scraped: no lock taken twice per request.
+        self.in_flight = 0
+        metrics.in_flight.set_function(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -340,12 +362,12 @@ class RequestMetrics:
                 sent_bytes += len(message.get("body", b""))
             await send(message)
 
-        self.metrics.in_flight.inc()
+        self.in_flight += 1
         try:
             await self.app(scope, receive, send_with_status)
         finally:
             elapsed = time.perf_counter() - start
-            self.metrics.in_flight.dec()
+            self.in_flight -= 1
             counted = self._counted.get((endpoint, status))
             if counted is None:
                 counted = self._counted[endpoint, status] = self.metrics.requests.labels(

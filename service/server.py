@@ -46,7 +46,7 @@ from service.errors import (
     status_of,
 )
 from service.metrics import Metrics
-from service.middleware import ENDPOINTS
+from service.middleware import BODY_BUFFERED, ENDPOINTS
 from service.model_host import ModelHost
 from service.settings import Settings
 
@@ -116,6 +116,8 @@ class _ResponseTransport(asyncio.Transport):
       all arrived.
     - ``watch`` tells the request's handler when the connection is lost
       (service/disconnect.py), without a task per request waiting on ``receive``.
+    - ``body_buffered`` tells the body limit when the whole body has arrived, so that it reads
+      the body without arming its timeouts (service/middleware.py ``BodyLimit``).
     """
 
     def __init__(self, protocol: BoundedHeadProtocol, cycle: RequestResponseCycle):
@@ -126,6 +128,13 @@ class _ResponseTransport(asyncio.Transport):
         self._head: bytes | None = None
         self._head_written = False
         self.watch = ClientWatch()
+
+    def body_buffered(self) -> bool:
+        """The request's body has all arrived and nobody has read it yet: ``receive`` returns
+        it without waiting."""
+        cycle = self._cycle()
+        return (cycle is not None and not cycle.more_body and not cycle.disconnected
+                and cycle.message_event.is_set())
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self._head_written and self._started():
@@ -255,6 +264,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             cycle.on_response = transport.response_complete
             extensions = cast("dict[str, object]", self.scope.setdefault("extensions", {}))
             extensions[EXTENSION] = transport.watch
+            extensions[BODY_BUFFERED] = transport.body_buffered
             if self._over_cap:
                 cycle.keep_alive = False  # the spare slot is for this one probe only
 

@@ -212,6 +212,25 @@ def test_a_client_sending_a_large_body_before_reading_gets_its_413(strict: int) 
         assert f"{size} bytes" in json.loads(refused.value.read())["error"]["message"]
 
 
+def test_a_body_that_arrives_whole_is_held_to_the_limit_too(fake_artifact: Path) -> None:
+    """The server tells the body limit when a body has all arrived (then no timer is armed):
+    a chunked body over the limit, sent in one write, is still refused, and one under it in
+    two writes is still read to its end."""
+    port = free_port()
+    env = server_env(fake_artifact, port, ELECTRIC_MAX_BODY_BYTES="2000")
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (3000, b" " * 3000)
+    with server_process(port, env, SERVE_FAKE):
+        status, _, body = _exchange(port, b"POST /v1/score HTTP/1.1\r\nHost: t\r\n"
+                                          b"Transfer-Encoding: chunked\r\n\r\n" + chunked)
+        assert status == 413 and "the limit is 2000" in _error(body)[1]
+        with _connect(port) as conn:
+            conn.sendall(_post("/v1/score")[:-10])
+            time.sleep(0.2)
+            conn.sendall(BODY[-10:])
+            status, _, body = _parse(_read_all(conn))
+        assert status == 200, body
+
+
 def test_a_lingering_close_ends_when_the_client_goes_quiet(fake_artifact: Path) -> None:
     """After its 413 the server drops what still comes, and closes once nothing has come for
     linger_idle_s, well before linger_s."""
