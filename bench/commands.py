@@ -47,7 +47,7 @@ def _service(args: argparse.Namespace) -> int:
                               duration_s=args.duration, warmup_s=args.warmup,
                               engine_batches=args.engine_batches, null_engine=args.null_engine,
                               client=args.client, batching_off=not args.skip_no_batching,
-                              parallel=args.parallel)
+                              parallel=args.parallel, open_arrivals=args.open_arrivals)
     _emit(result, service_load.report(result), args.json)
     return 0
 
@@ -127,6 +127,9 @@ def register(sub: Any) -> None:
             q.add_argument("--parallel", type=int, default=0,
                            help="batches the service runs at once (ELECTRIC_PARALLEL_BATCHES; "
                                 "0: its own choice)")
+            q.add_argument("--open-arrivals", type=int, default=3000,
+                           help="arrivals the half-load open loop runs for, at most 120 s "
+                                "(default 3000; 0: --duration alone)")
             q.add_argument("--skip-no-batching", action="store_true",
                            help="leave out the point with batching off (max_batch_size 1)")
             q.set_defaults(func=_service)

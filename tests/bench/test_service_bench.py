@@ -12,7 +12,7 @@ import pytest
 
 from bench import wrk
 from bench.launch import NULL_SERVE, Server
-from bench.service_load import write_bodies
+from bench.service_load import OPEN_LOOP_MAX_S, open_loop_seconds, write_bodies
 from electric.cli import main
 
 needs_wrk = pytest.mark.skipif(wrk.available() is None,
@@ -60,6 +60,14 @@ def test_bodies_carry_the_sentences_in_order_and_their_mean_tokens(tmp_path: Pat
 
 
 @needs_wrk
+def test_an_open_loop_runs_long_enough_for_its_arrivals_within_a_bound() -> None:
+    assert open_loop_seconds(30.0, 10.0, 3000) == 100.0  # 8-sentence requests: 300 in 10 s
+    assert open_loop_seconds(1000.0, 10.0, 3000) == 10.0  # the duration already holds them
+    assert open_loop_seconds(1.0, 10.0, 3000) == OPEN_LOOP_MAX_S
+    assert open_loop_seconds(30.0, 1.0, 0) == 1.0  # no arrivals asked: the duration alone
+    assert open_loop_seconds(0.7, 1.5, 1) == 2.0  # whole seconds, as wrk runs
+
+
 def test_wrk_counts_what_is_not_200(tiny_artifact: Path, tmp_path: Path) -> None:
     good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
     good.write_text(json.dumps({"sentences": ["the cat sat on the mat"]}) + "\n")
@@ -87,7 +95,7 @@ def test_bench_service_runs_end_to_end(tiny_artifact: Path, tmp_path: Path, clie
             "--words", "8", "--per-request", ",".join(map(str, per_request)),
             "--connections", "2", "--duration", "1",
             "--warmup", "0", "--engine-batches", "8", "--threads", "1", "--client", client,
-            "--skip-no-batching", "--json", str(out)]
+            "--skip-no-batching", "--open-arrivals", "0", "--json", str(out)]
     assert main([*argv, "--null-engine"] if engine == "null" else argv) == 0
     text = out.read_text()
     assert '"/' not in text  # no absolute path in results: they name no machine's layout
